@@ -1,0 +1,1 @@
+//! The HA pair: interconnect, failover monitor, takeover/giveback state machine, reservations.

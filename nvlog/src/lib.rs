@@ -1,0 +1,1 @@
+//! The NVRAM log: region, records, group-committed append, mirror to the partner, replay.

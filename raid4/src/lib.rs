@@ -1,0 +1,1 @@
+//! Disks on io_uring and RAID-4 groups.

@@ -1,0 +1,1 @@
+//! The write-anywhere file system on a RAID-4 aggregate.

@@ -1,0 +1,5 @@
+//! `twinfiler bench fs`.
+
+pub fn run(_quick: bool) -> anyhow::Result<()> {
+    anyhow::bail!("bench fs: not implemented yet")
+}

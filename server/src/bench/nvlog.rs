@@ -1,0 +1,5 @@
+//! `twinfiler bench nvlog`.
+
+pub fn run(_quick: bool) -> anyhow::Result<()> {
+    anyhow::bail!("bench nvlog: not implemented yet")
+}

@@ -1,0 +1,5 @@
+//! Operator subcommands.
+
+pub mod aggr;
+pub mod demo;
+pub mod fsck;

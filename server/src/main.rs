@@ -1,0 +1,53 @@
+//! The `twinfiler` command: node, operator CLI and benchmarks.
+
+mod bench;
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "twinfiler", version, about = "An HA pair of user-space filers")]
+struct Args {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, inspect and repair a RAID-4 aggregate on disk files or block devices.
+    Aggr(cli::aggr::AggrArgs),
+    /// Check a file system on an aggregate: every tree, checksum, link count and the free map.
+    Fsck(cli::fsck::FsckArgs),
+    /// Print `name value unit` lines for one subsystem.
+    Bench(bench::BenchArgs),
+    /// Run the local demo.
+    Demo(cli::demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_json);
+    match args.command {
+        Command::Aggr(a) => cli::aggr::run(a),
+        Command::Fsck(a) => cli::fsck::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Demo(a) => cli::demo::run(a),
+    }
+}
+
+/// Logs go to stderr so that stdout stays parseable (bench lines, status output).
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

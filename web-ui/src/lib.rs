@@ -1,0 +1,1 @@
+//! The operator console (Axum), JSON API and Prometheus metrics.
