@@ -31,7 +31,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-#[allow(dead_code)] // the first benchmark to land uses it
 /// Prints one benchmark figure in the `name value unit` form that scripts parse.
 pub fn report(name: &str, value: f64, unit: &str) {
     println!("{name} {value:.3} {unit}");
