@@ -33,8 +33,9 @@ pub const RECORD_HEADER_BYTES: usize = 32;
 /// Records start and end on this boundary (one cache line), so a record never shares a
 /// line with the next and a flush covers whole records.
 pub const RECORD_ALIGN_BYTES: usize = 64;
-/// Largest payload accepted by `append` and by the decoder.
-pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
+/// Largest payload accepted by `append` and by the decoder: a full 1 MiB NFS WRITE plus
+/// the operation's header and the client request identity that travel with it.
+pub const PAYLOAD_BYTES_MAX: usize = (1 << 20) + 4096;
 
 /// Smallest half size accepted (header block plus one largest record).
 pub const HALF_BYTES_MIN: u64 = 2 << 20;
