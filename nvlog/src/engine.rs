@@ -36,7 +36,13 @@ const RECONNECT_BACKOFF_MS_MAX: u64 = 1000;
 /// Group commits sent to the partner and not yet acknowledged, at most. Appends arriving
 /// meanwhile accumulate and go out as the next group (one persist, one frame, one round
 /// trip): this is what makes concurrent appenders share the mirror round trip.
-const MIRROR_BATCHES_INFLIGHT_MAX: usize = 2;
+const MIRROR_BATCHES_INFLIGHT_MAX: usize = 3;
+/// While a group is already in flight, the next one starts only once this many record
+/// bytes are pending (or the in-flight group is acknowledged). Without it, the first
+/// appender woken by an ack would lead a group of one and split the load into many tiny
+/// round trips; with it, groups stay large under load while a lone appender (nothing in
+/// flight) still commits at once.
+const MIRROR_PIPELINE_BYTES_MIN: u64 = 32 << 10;
 
 /// Configuration of one node's log.
 #[derive(Clone, Debug)]
@@ -691,7 +697,7 @@ impl Inner {
                     last = Some(*last_seq);
                 }
             }
-            {
+            let resolved = {
                 let mut st = lock(&self.st);
                 st.group_commits += 1;
                 if let Some(seq) = last {
@@ -733,8 +739,9 @@ impl Inner {
                         }
                     }
                 }
-                resolve(st);
-            }
+                resolve(st)
+            };
+            resolved.wake();
             self.pump();
         }
     }
@@ -787,16 +794,47 @@ impl Inner {
 }
 
 /// Whether a group commit may start now: always without a mirror or when degraded,
-/// else while fewer than `MIRROR_BATCHES_INFLIGHT_MAX` groups await the partner's ack.
+/// else when no group awaits the partner's ack, or fewer than
+/// `MIRROR_BATCHES_INFLIGHT_MAX` do and at least `MIRROR_PIPELINE_BYTES_MIN` are pending.
 fn may_commit(st: &State) -> bool {
     match &st.sender {
         None => true,
-        Some(s) => s.is_degraded() || st.unmirrored_batches.len() < MIRROR_BATCHES_INFLIGHT_MAX,
+        Some(s) => {
+            s.is_degraded()
+                || st.unmirrored_batches.is_empty()
+                || (st.unmirrored_batches.len() < MIRROR_BATCHES_INFLIGHT_MAX
+                    && pending_bytes(st) >= MIRROR_PIPELINE_BYTES_MIN)
+        }
     }
 }
 
-/// Resolves every waiter whose record is durable and mirrored (or the mirror is degraded).
-fn resolve(st: &mut State) {
+/// Record bytes waiting for the next group commit.
+fn pending_bytes(st: &State) -> u64 {
+    st.pending
+        .iter()
+        .map(|p| match p {
+            Pending::Records { start, end, .. } => end - start,
+            Pending::Reset { .. } => 0,
+        })
+        .sum()
+}
+
+/// Waiters taken off the queue by [`resolve`], woken once the state lock is released (a
+/// woken appender goes straight for that lock: waking it under the lock made it sleep
+/// on the mutex, one more context switch per append).
+#[must_use = "the resolved appenders must be woken"]
+struct Resolved(Vec<(u64, oneshot::Sender<Result<u64, AppendError>>)>);
+
+impl Resolved {
+    fn wake(self) {
+        for (seq, tx) in self.0 {
+            let _ = tx.send(Ok(seq));
+        }
+    }
+}
+
+/// Takes every waiter whose record is durable and mirrored (or the mirror is degraded).
+fn resolve(st: &mut State) -> Resolved {
     let limit = match &st.sender {
         Some(s) => {
             let mirrored = if s.is_degraded() {
@@ -815,11 +853,13 @@ fn resolve(st: &mut State) {
         }
         None => st.durable_seq,
     };
+    let mut resolved = Vec::new();
     while st.waiters.front().is_some_and(|(seq, _)| *seq <= limit) {
-        if let Some((seq, tx)) = st.waiters.pop_front() {
-            let _ = tx.send(Ok(seq));
+        if let Some(w) = st.waiters.pop_front() {
+            resolved.push(w);
         }
     }
+    Resolved(resolved)
 }
 
 /// The sender's driver thread: connects, reads acks, runs timers, and sends what acks and
@@ -865,8 +905,9 @@ fn driver_thread(inner: &Inner, connector: &dyn Connector) {
             if let Some(s) = st.sender.as_mut() {
                 s.on_disconnected(now);
             }
-            resolve(&mut st);
+            let resolved = resolve(&mut st);
             drop(st);
+            resolved.wake();
             inner.try_lead();
         }
         // Back off, still running timers (the degraded bound must fire while disconnected).
@@ -889,8 +930,9 @@ fn tick(inner: &Inner) {
     if let Some(s) = st.sender.as_mut() {
         s.on_tick(now);
     }
-    resolve(&mut st);
+    let resolved = resolve(&mut st);
     drop(st);
+    resolved.wake();
     inner.try_lead();
 }
 
@@ -906,7 +948,7 @@ fn run_session(inner: &Inner, source: &mut dyn FrameSource) -> bool {
             }
         };
         let got_frame = frame.is_some();
-        let (down, pending) = {
+        let (down, pending, resolved) = {
             let mut st = lock(&inner.st);
             let now = inner.now_ms();
             let st = &mut *st;
@@ -919,9 +961,9 @@ fn run_session(inner: &Inner, source: &mut dyn FrameSource) -> bool {
             }
             let down = sender.wants_connection();
             let pending = sender.has_pending();
-            resolve(st);
-            (down, pending)
+            (down, pending, resolve(st))
         };
+        resolved.wake();
         if down {
             return false; // rejected
         }

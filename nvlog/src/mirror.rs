@@ -10,7 +10,7 @@
 //! Resync: on Welcome the receiver says what each mirror half holds; the sender sends only
 //! what is missing (or resets the half), then `Synced`.
 
-use crate::format::{self, decode_record};
+use crate::format::{self, decode_record, decode_record_header};
 use crate::log::{LogArea, ReplayError};
 use crate::proto::{Frame, HalfState};
 use bytes::Bytes;
@@ -283,7 +283,7 @@ impl Sender {
                 base_seq: own.base_seq,
                 end: start,
             };
-            self.push_records_from_log(half, own.generation, start, own_end, log);
+            self.push_records_from_log(half, own.generation, start, own_end, log, true);
         }
         let lsn = self.take_lsn();
         self.queue.push_back(Frame::Synced {
@@ -294,6 +294,8 @@ impl Sender {
     }
 
     /// Queues Append frames for `[start, end)` of `half`, cut at record boundaries.
+    /// `verify_crc`: check each record's CRC too (resync reads what may predate a crash;
+    /// records of a group commit just encoded by this node need only their headers).
     fn push_records_from_log(
         &mut self,
         half: usize,
@@ -301,6 +303,7 @@ impl Sender {
         start: u64,
         end: u64,
         log: &LogArea,
+        verify_crc: bool,
     ) {
         if start >= end {
             return;
@@ -310,7 +313,12 @@ impl Sender {
         let mut at = 0usize;
         let mut last_seq = 0;
         while at < bytes.len() {
-            let Ok(h) = decode_record(&bytes[at..]) else {
+            let decoded = if verify_crc {
+                decode_record(&bytes[at..])
+            } else {
+                decode_record_header(&bytes[at..])
+            };
+            let Ok(h) = decoded else {
                 // Committed bytes always decode; a failure is local corruption that replay
                 // will report. Stop mirroring this half rather than ship garbage.
                 tracing::error!(
@@ -420,7 +428,9 @@ impl Sender {
                     view.end
                 );
                 if end > view.end {
-                    self.push_records_from_log(half, generation, view.end, end, log);
+                    // Fresh records this node just encoded: no second CRC pass (the partner's
+                    // receiver still verifies every record's CRC).
+                    self.push_records_from_log(half, generation, view.end, end, log, false);
                 }
             }
         }
