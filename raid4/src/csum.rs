@@ -64,13 +64,35 @@ pub fn encode(out: &mut [u8], id: &ChunkId, write_stamp: u64, row_crcs: &[u32]) 
     for (i, c) in row_crcs.iter().enumerate() {
         put_u32(out, OFF_CRCS + 4 * i, *c);
     }
-    let crc = crc32c::crc32c(&out[..OFF_CRC]);
+    let crc = crate::crc::crc32c(&out[..OFF_CRC]);
     put_u32(out, OFF_CRC, crc);
 }
 
 /// crc32c of each block of `rows`.
 pub fn row_crcs(rows: &[u8]) -> Vec<u32> {
-    rows.chunks_exact(BLOCK_SIZE).map(crc32c::crc32c).collect()
+    rows.chunks_exact(BLOCK_SIZE)
+        .map(crate::crc::crc32c)
+        .collect()
+}
+
+/// crc32c of the XOR of `k` equal-length blocks, from the crcs of the blocks alone.
+///
+/// crc32c is affine over GF(2) for a fixed length: `crc(x) = L(x) ^ crc(zeros)` with `L`
+/// linear. So `crc(x1 ^ … ^ xk) = crc(x1) ^ … ^ crc(xk)`, plus `crc(zeros)` once more when
+/// `k` is even. The parity row's crc thus costs no pass over the parity block.
+pub fn xor_crc(block_crcs: &[u32]) -> u32 {
+    let folded = block_crcs.iter().fold(0, |a, c| a ^ c);
+    if block_crcs.len().is_multiple_of(2) {
+        folded ^ zero_block_crc()
+    } else {
+        folded
+    }
+}
+
+/// crc32c of one all-zero block (computed once).
+fn zero_block_crc() -> u32 {
+    static CRC: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CRC.get_or_init(|| crate::crc::crc32c(&[0u8; BLOCK_SIZE]))
 }
 
 /// Decodes and checks a checksum block against the chunk it should describe.
@@ -86,7 +108,7 @@ pub fn decode(b: &[u8], id: &ChunkId) -> CsumState {
             "checksum block magic missing (overwritten or never written)".into(),
         );
     }
-    if get_u32(b, OFF_CRC) != crc32c::crc32c(&b[..OFF_CRC]) {
+    if get_u32(b, OFF_CRC) != crate::crc::crc32c(&b[..OFF_CRC]) {
         return CsumState::Bad("checksum block fails its own crc".into());
     }
     if get_u32(b, 8) != CSUM_VERSION {
@@ -118,6 +140,23 @@ pub fn decode(b: &[u8], id: &ChunkId) -> CsumState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xor_crc_matches_crc_of_xor() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for k in 1..=9usize {
+            let blocks: Vec<Vec<u8>> = (0..k)
+                .map(|_| (0..BLOCK_SIZE).map(|_| rng.gen()).collect())
+                .collect();
+            let mut x = vec![0u8; BLOCK_SIZE];
+            for b in &blocks {
+                x.iter_mut().zip(b).for_each(|(a, b)| *a ^= b);
+            }
+            let crcs: Vec<u32> = blocks.iter().map(|b| crate::crc::crc32c(b)).collect();
+            assert_eq!(xor_crc(&crcs), crate::crc::crc32c(&x), "k = {k}");
+        }
+    }
 
     #[test]
     fn roundtrip_misdirection_and_corruption() {

@@ -150,7 +150,7 @@ impl ChunkRead {
         debug_assert!(self.rows.contains(&r));
         match &self.csum {
             CsumState::Valid(c) => {
-                if crc32c::crc32c(self.row(r)) == c.crcs[r] {
+                if crate::crc::crc32c(self.row(r)) == c.crcs[r] {
                     RowState::Good
                 } else {
                     RowState::Bad("block crc32c mismatch".into())
@@ -402,13 +402,17 @@ impl Group {
         for r in 0..rows {
             let row = r * BLOCK_SIZE..(r + 1) * BLOCK_SIZE;
             let mut srcs: [&[u8]; DATA_DISKS_MAX] = [&[]; DATA_DISKS_MAX];
+            let mut row_crcs = [0u32; DATA_DISKS_MAX];
             for (d, src) in srcs.iter_mut().enumerate().take(n) {
                 *src = &data[d * cdb + row.start..d * cdb + row.end];
-                crcs[d * rows + r] = crc32c::crc32c(src);
+                row_crcs[d] = crate::crc::crc32c(src);
+                crcs[d * rows + r] = row_crcs[d];
             }
-            // Parity from the caller's rows, which the crcs just pulled into L1.
+            // Parity from the caller's rows, which the crcs just pulled into L1; its crc
+            // follows from theirs (crc32c is affine), so the parity block is never read.
             xor_into(&mut parity[row.clone()], &srcs[..n]);
-            crcs[n * rows + r] = crc32c::crc32c(&parity[row.clone()]);
+            crcs[n * rows + r] = csum::xor_crc(&row_crcs[..n]);
+            debug_assert_eq!(crcs[n * rows + r], crate::crc::crc32c(&parity[row.clone()]));
             if copy {
                 for (slot, src) in data_slots.iter_mut().zip(srcs) {
                     copy_streaming(&mut slot.bytes_mut()[row.clone()], src);

@@ -137,7 +137,7 @@ impl Label {
             b[at..at + 16].copy_from_slice(u.as_bytes());
             b[OFF_MEMBER_STATES + i] = s.code();
         }
-        let crc = crc32c::crc32c(&b[..OFF_CRC]);
+        let crc = crate::crc::crc32c(&b[..OFF_CRC]);
         put_u32(&mut b, OFF_CRC, crc);
         b
     }
@@ -155,7 +155,7 @@ impl Label {
                 "no twinfiler label magic (foreign or unlabelled disk)".into(),
             );
         }
-        if get_u32(b, OFF_CRC) != crc32c::crc32c(&b[..OFF_CRC]) {
+        if get_u32(b, OFF_CRC) != crate::crc::crc32c(&b[..OFF_CRC]) {
             return Decoded::Invalid("label checksum mismatch (corrupt label)".into());
         }
         let version = get_u32(b, 8);

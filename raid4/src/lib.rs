@@ -12,6 +12,7 @@
 
 pub mod assemble;
 pub mod buf;
+pub mod crc;
 pub mod csum;
 pub mod disk;
 pub mod engine;
