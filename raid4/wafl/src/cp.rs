@@ -30,7 +30,7 @@ pub(crate) struct CpState {
     pub snaptable: Vec<BlockPtr>,
     pub committed_root: Option<Arc<Slot>>,
     /// CP batch buffers, reused.
-    pub buffers: Vec<Vec<u8>>,
+    pub buffers: Vec<Batch>,
 }
 
 impl CpState {
@@ -88,21 +88,96 @@ enum SnapReq {
 /// Batches queued for the CP's IO thread, at most (each up to `cp_write_batch_bytes_max`).
 const CP_BATCHES_QUEUED_MAX: usize = 2;
 
+/// One CP batch: whole stripes packed in a 4 KiB-aligned buffer, so the RAID-4 group writes
+/// its rows to the disks as they are (no copy into its registered buffers).
+pub(crate) struct Batch {
+    buf: raid4::AlignedBuf,
+    /// Bytes filled, from the start.
+    len: usize,
+}
+
+impl Batch {
+    fn new(capacity_bytes: usize) -> Batch {
+        Batch {
+            buf: raid4::AlignedBuf::zeroed(capacity_bytes),
+            len: 0,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Appends one block; the caller keeps `len + BLOCK_SIZE <= capacity`.
+    fn push_block(&mut self, data: &[u8]) {
+        assert!(
+            self.len + BLOCK_SIZE <= self.capacity(),
+            "CP batch overflow"
+        );
+        self.buf[self.len..self.len + BLOCK_SIZE].copy_from_slice(data);
+        self.len += BLOCK_SIZE;
+    }
+
+    /// Zero-fills up to the next multiple of `unit` bytes (a reused buffer holds old bytes).
+    fn pad_to(&mut self, unit: usize) {
+        let end = self.len.div_ceil(unit) * unit;
+        assert!(end <= self.capacity(), "CP batch overflow");
+        self.buf[self.len..end].fill(0);
+        self.len = end;
+    }
+}
+
+/// Batch buffers a CP can use at once: the one being filled, the queued ones, the one being
+/// written.
+const CP_BATCH_BUFFERS_MAX: usize = CP_BATCHES_QUEUED_MAX + 2;
+
+/// The first batch of a CP holds this fraction of a full batch, so the disks start early.
+const CP_FIRST_BATCH_DIVISOR: usize = 8;
+
+/// Stripes in one CP batch: the configured bound, but never more than the store holds.
+fn batch_stripes(store: &dyn StripeStore, batch_bytes_max: usize) -> usize {
+    let stripe_bytes = store.stripe_data_blocks() * BLOCK_SIZE;
+    let stripes = usize::try_from(store.stripe_count()).unwrap_or(usize::MAX);
+    (batch_bytes_max / stripe_bytes).clamp(1, stripes.max(1))
+}
+
+/// The CP's batch buffers, allocated and touched up front (at mount) so that no CP pays a
+/// page fault per 4 KiB of batch; they are reused by every CP after.
+pub(crate) fn prefaulted_batches(store: &dyn StripeStore, batch_bytes_max: usize) -> Vec<Batch> {
+    let bytes = batch_stripes(store, batch_bytes_max) * store.stripe_data_blocks() * BLOCK_SIZE;
+    (0..CP_BATCH_BUFFERS_MAX)
+        .map(|_| {
+            let mut b = Batch::new(bytes);
+            // Fresh pages are mapped on first write: write them all now.
+            b.buf.fill(0);
+            b
+        })
+        .collect()
+}
+
 /// Appends blocks to runs of whole free stripes; each run goes to an IO thread as one
-/// `write_stripes` call, so checksumming and encoding overlap the writes.
+/// `write_stripes` call, so checksumming and encoding of batch k+1 overlap the write of
+/// batch k.
 struct StripeWriter {
     sdb: usize,
     batch_stripes_max: usize,
+    /// Stripes in the run before it is handed over: small for the first batch of a CP (the
+    /// disks are idle until it is written), doubling up to `batch_stripes_max`.
+    run_stripes_limit: usize,
     run_first: u64,
-    run: Vec<u8>,
+    run: Batch,
     cur_stripe: u64,
     cur_idx: usize,
     bytes: u64,
-    tx: Option<std::sync::mpsc::SyncSender<(u64, Vec<u8>)>>,
-    recycled: std::sync::mpsc::Receiver<Vec<u8>>,
+    tx: Option<std::sync::mpsc::SyncSender<(u64, Batch)>>,
+    recycled: std::sync::mpsc::Receiver<Batch>,
     io: Option<std::thread::JoinHandle<Result<(), FsError>>>,
     /// Batch buffers not in flight (kept across CPs: fresh pages cost a fault each).
-    spare: Vec<Vec<u8>>,
+    spare: Vec<Batch>,
     buffers: usize,
     /// Time spent waiting for the IO thread (queue full), µs.
     blocked_us: u64,
@@ -112,32 +187,40 @@ impl StripeWriter {
     fn new(
         store: Arc<dyn StripeStore>,
         batch_bytes_max: usize,
-        mut spare: Vec<Vec<u8>>,
+        spare: Vec<Batch>,
     ) -> Result<Self, FsError> {
         let sdb = store.stripe_data_blocks();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(CP_BATCHES_QUEUED_MAX);
+        let batch_stripes_max = batch_stripes(&*store, batch_bytes_max);
+        let batch_bytes = batch_stripes_max * sdb * BLOCK_SIZE;
+        // Buffers of another size (the geometry cannot change, but be safe) are dropped.
+        let mut spare: Vec<Batch> = spare
+            .into_iter()
+            .filter(|b| b.capacity() == batch_bytes)
+            .collect();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Batch)>(CP_BATCHES_QUEUED_MAX);
         let (back, recycled) = std::sync::mpsc::channel();
         let io = std::thread::Builder::new()
             .name("wafl-cp-io".into())
             .spawn(move || {
-                for (first, buf) in rx {
+                for (first, batch) in rx {
                     store
-                        .write_stripes(first, &buf)
+                        .write_stripes(first, batch.bytes())
                         .map_err(|e| FsError::Io(format!("CP write at stripe {first}: {e}")))?;
-                    let _ = back.send(buf);
+                    let _ = back.send(batch);
                 }
                 Ok(())
             })
             .map_err(|e| FsError::Io(format!("CP IO thread: {e}")))?;
-        let mut run = spare.pop().unwrap_or_default();
-        run.clear(); // regression: a reused buffer kept its old bytes and shifted every block
+        let mut run = spare.pop().unwrap_or_else(|| Batch::new(batch_bytes));
+        run.len = 0; // regression: a reused buffer kept its old length and shifted every block
         let buffers = spare.len() + 1;
         Ok(StripeWriter {
             blocked_us: 0,
             spare,
             buffers,
             sdb,
-            batch_stripes_max: (batch_bytes_max / (sdb * BLOCK_SIZE)).max(1),
+            batch_stripes_max,
+            run_stripes_limit: (batch_stripes_max / CP_FIRST_BATCH_DIVISOR).max(1),
             run_first: 0,
             run,
             cur_stripe: 0,
@@ -158,14 +241,14 @@ impl StripeWriter {
         assert_eq!(data.len(), BLOCK_SIZE);
         if self.cur_idx == self.sdb {
             let s = alloc.next_free_stripe()?;
-            let run_stripes = self.run.len() / self.stripe_bytes();
+            let run_stripes = self.run.len / self.stripe_bytes();
             if run_stripes > 0
                 && (s != self.run_first + run_stripes as u64
-                    || run_stripes >= self.batch_stripes_max)
+                    || run_stripes >= self.run_stripes_limit)
             {
                 self.flush_run()?;
             }
-            if self.run.is_empty() {
+            if self.run.len == 0 {
                 self.run_first = s;
             }
             self.cur_stripe = s;
@@ -173,7 +256,7 @@ impl StripeWriter {
         }
         let addr = self.cur_stripe * self.sdb as u64 + self.cur_idx as u64;
         // Blocks arrive in address order within the run: append, no zero-fill first.
-        self.run.extend_from_slice(data);
+        self.run.push_block(data);
         alloc.mark_used(addr, persist);
         self.cur_idx += 1;
         Ok(addr)
@@ -181,7 +264,7 @@ impl StripeWriter {
 
     /// Hands the current run to the IO thread.
     fn flush_run(&mut self) -> Result<(), FsError> {
-        if self.run.is_empty() {
+        if self.run.len == 0 {
             return Ok(());
         }
         // A spare buffer, else a new one while under the bound, else wait for the IO thread.
@@ -190,9 +273,9 @@ impl StripeWriter {
             Some(b) => b,
             None => match self.recycled.try_recv() {
                 Ok(b) => b,
-                Err(_) if self.buffers < CP_BATCHES_QUEUED_MAX + 2 => {
+                Err(_) if self.buffers < CP_BATCH_BUFFERS_MAX => {
                     self.buffers += 1;
-                    Vec::with_capacity(self.batch_stripes_max * self.stripe_bytes())
+                    Batch::new(self.batch_stripes_max * self.stripe_bytes())
                 }
                 Err(_) => self.recycled.recv().map_err(|_| {
                     self.io_result()
@@ -201,14 +284,15 @@ impl StripeWriter {
                 })?,
             },
         };
-        next.clear();
-        let buf = std::mem::replace(&mut self.run, next);
-        self.bytes += buf.len() as u64;
+        next.len = 0;
+        self.run_stripes_limit = (self.run_stripes_limit * 2).min(self.batch_stripes_max);
+        let batch = std::mem::replace(&mut self.run, next);
+        self.bytes += batch.len as u64;
         let sent = self
             .tx
             .as_ref()
-            .map(|tx| tx.send((self.run_first, buf)).is_ok());
-        debug_assert!(self.run.is_empty());
+            .map(|tx| tx.send((self.run_first, batch)).is_ok());
+        debug_assert_eq!(self.run.len, 0);
         self.blocked_us += blocked.elapsed().as_micros() as u64;
         if sent != Some(true) {
             return Err(self
@@ -229,21 +313,30 @@ impl StripeWriter {
     }
 
     /// Writes the last run and waits for every write; the unused tail of the last stripe
-    /// stays free.
-    fn finish(&mut self) -> Result<Vec<Vec<u8>>, FsError> {
-        let tail = self.run.len() % self.stripe_bytes();
-        if tail != 0 {
-            self.run
-                .resize(self.run.len() + self.stripe_bytes() - tail, 0);
-        }
+    /// stays free. Returns the batch buffers for the next CP and the totals.
+    fn finish(mut self) -> Result<Finished, FsError> {
+        let stripe_bytes = self.stripe_bytes();
+        self.run.pad_to(stripe_bytes);
         self.flush_run()?;
-        self.cur_idx = self.sdb;
         self.io_result()?;
-        let mut bufs = std::mem::take(&mut self.spare);
-        bufs.push(std::mem::take(&mut self.run));
-        bufs.extend(self.recycled.try_iter());
-        Ok(bufs)
+        let mut buffers = std::mem::take(&mut self.spare);
+        buffers.extend(self.recycled.try_iter());
+        buffers.push(self.run);
+        Ok(Finished {
+            buffers,
+            bytes: self.bytes,
+            blocked_us: self.blocked_us,
+        })
     }
+}
+
+/// What a finished `StripeWriter` leaves.
+struct Finished {
+    buffers: Vec<Batch>,
+    /// Bytes written (whole stripes).
+    bytes: u64,
+    /// Time spent waiting for the IO thread (queue full), µs.
+    blocked_us: u64,
 }
 
 /// Writes a slot and everything below it that has no pointer yet (children first).
@@ -703,6 +796,7 @@ impl Fs {
         req: SnapReq,
         start: Instant,
     ) -> Result<CpReport, FsError> {
+        let freeze_us = start.elapsed().as_micros() as u64;
         let io = &self.io;
         let store: &dyn StripeStore = &*io.store;
         let gen = cps.gen + 1;
@@ -796,8 +890,11 @@ impl Fs {
                 "aggregate too large for the free-map index".into(),
             ));
         }
+        let meta_us = start.elapsed().as_micros() as u64 - tree_us;
         let wait = Instant::now();
-        cps.buffers = w.finish()?;
+        let stripe_bytes = w.stripe_bytes();
+        let done = w.finish()?;
+        cps.buffers = done.buffers;
         let io_wait_us = wait.elapsed().as_micros() as u64;
         let flush = Instant::now();
         store
@@ -825,7 +922,7 @@ impl Fs {
             snaptable: snaptable.clone(),
         };
         let mut stripe = sb.encode();
-        stripe.resize(w.stripe_bytes(), 0);
+        stripe.resize(stripe_bytes, 0);
         store
             .write_stripes(gen % 2, &stripe)
             .map_err(|e| FsError::Io(format!("superblock write: {e}")))?;
@@ -833,7 +930,8 @@ impl Fs {
             .flush()
             .map_err(|e| FsError::Io(format!("superblock flush: {e}")))?;
         let flush_us = flush.elapsed().as_micros() as u64;
-        let bytes = w.bytes + stripe.len() as u64;
+        let commit = Instant::now();
+        let bytes = done.bytes + stripe.len() as u64;
 
         // Committed: old metadata and freed blocks may be reused by the next CP.
         cps.gen = gen;
@@ -845,9 +943,8 @@ impl Fs {
         }
         cps.committed_root = Some(root);
         for s in &written {
-            match s.content() {
-                Some(Content::Data(_)) => s.evict(),
-                _ => io.note_cached(s),
+            if s.evict_data() {
+                io.note_cached(s);
             }
         }
         {
@@ -856,6 +953,7 @@ impl Fs {
             l.next_snap_id = next_snap_id;
             l.free_blocks = cps.alloc.free_blocks();
         }
+        let commit_us = commit.elapsed().as_micros() as u64;
         let duration_us = start.elapsed().as_micros() as u64;
         let mut st = lock(&self.stats);
         st.count += 1;
@@ -870,8 +968,11 @@ impl Fs {
             tree_blocks,
             freed_blocks,
             duration_us,
+            freeze_us,
             tree_us,
-            blocked_us = w.blocked_us,
+            meta_us,
+            commit_us,
+            blocked_us = done.blocked_us,
             io_wait_us,
             flush_us,
             "CP done"

@@ -115,7 +115,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Fs {
-    pub(crate) fn from_parts(io: Arc<Io>, live: Live, cp: CpState, config: FsConfig) -> Fs {
+    pub(crate) fn from_parts(io: Arc<Io>, live: Live, mut cp: CpState, config: FsConfig) -> Fs {
+        cp.buffers = crate::cp::prefaulted_batches(&*io.store, config.cp_write_batch_bytes_max);
         Fs {
             io,
             live: Mutex::new(live),

@@ -4,6 +4,9 @@
 //! system calls them from its own threads (the CP, the op path), so each call is driven to
 //! completion with `futures::executor::block_on`. Do not call the file system from inside a
 //! single-threaded async executor that the group's futures would need.
+//!
+//! The CP hands over its batches in 4 KiB-aligned buffers (`raid4::AlignedBuf`), so the
+//! group writes their rows to the disks without copying them into its registered buffers.
 
 use crate::store::{StoreError, StripeStore, BLOCK_SIZE};
 

@@ -187,6 +187,20 @@ impl Slot {
             *self.content.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
+    /// After the CP that wrote this slot: drops the content if it is a file data block
+    /// (data is not cached) and tells whether it holds a node (which stays cached). One lock
+    /// per slot: the CP runs this for every block it wrote.
+    pub(crate) fn evict_data(&self) -> bool {
+        let mut c = self.content.lock().unwrap_or_else(|e| e.into_inner());
+        match &*c {
+            Some(Content::Data(_)) if self.ptr.get().is_some() => {
+                *c = None;
+                false
+            }
+            Some(Content::Node(_)) => true,
+            _ => false,
+        }
+    }
     /// The node in this slot, read and verified from disk if not in memory.
     pub fn node(self: &Arc<Self>, io: &Io) -> Result<Arc<Node>, FsError> {
         let mut c = self.content.lock().unwrap_or_else(|e| e.into_inner());
