@@ -2,6 +2,7 @@
 //! with full-stripe writes straight to the same store in the same run.
 
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,8 +24,6 @@ struct Plan {
 const DATA_DISKS: usize = 4;
 /// Room per disk file for the group's labels and headers.
 const DISK_HEADER_SLACK_BYTES: u64 = 16 << 20;
-/// Where the disk files go: ext4 on /work supports O_DIRECT (/tmp may be tmpfs).
-const BENCH_DIR: &str = "/work/tmp-bench";
 /// Data blocks per stripe of the file-backed store (`WAFL_BENCH_STORE=file`).
 const FILE_STRIPE_DATA_BLOCKS: usize = 8;
 /// Bytes per `write_stripes` call of the baseline (the CP batch bound by default).
@@ -32,7 +31,7 @@ const RAW_BATCH_BYTES: usize = 16 << 20;
 /// Dirty data that triggers a CP during the write phase.
 const CP_DIRTY_BYTES_MAX: u64 = 64 << 20;
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+pub fn run(quick: bool, bench_dir: &Path) -> anyhow::Result<()> {
     let plan = if quick {
         Plan {
             files: 20_000,
@@ -46,7 +45,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             store_mib: 4096,
         }
     };
-    let (store, _dir) = open_store(&plan)?;
+    let (store, _dir) = open_store(&plan, bench_dir)?;
 
     // A first pass allocates every block of the backing files (as the CPs will find them),
     // the second one is the baseline, over the region the write phase's CPs will use.
@@ -205,11 +204,15 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
 
 /// The store under test: a RAID-4 group of disk files (as in a node), or with
 /// `WAFL_BENCH_STORE=file` one plain file.
-fn open_store(plan: &Plan) -> anyhow::Result<(Arc<dyn StripeStore>, tempfile::TempDir)> {
-    std::fs::create_dir_all(BENCH_DIR).with_context(|| format!("create {BENCH_DIR}"))?;
+fn open_store(
+    plan: &Plan,
+    bench_dir: &Path,
+) -> anyhow::Result<(Arc<dyn StripeStore>, tempfile::TempDir)> {
+    std::fs::create_dir_all(bench_dir)
+        .with_context(|| format!("create {}", bench_dir.display()))?;
     let dir = tempfile::Builder::new()
         .prefix("wafl-")
-        .tempdir_in(BENCH_DIR)
+        .tempdir_in(bench_dir)
         .context("temporary directory")?;
     if std::env::var("WAFL_BENCH_STORE").as_deref() == Ok("file") {
         let stripe_bytes = (FILE_STRIPE_DATA_BLOCKS * wafl::BLOCK_SIZE) as u64;

@@ -1,5 +1,7 @@
 //! `twinfiler bench SUBSYSTEM [--quick]`: one `name value unit` line per figure on stdout.
 
+use std::path::PathBuf;
+
 mod fs;
 mod nvlog;
 mod raid4;
@@ -11,6 +13,10 @@ pub struct BenchArgs {
     /// Smaller sizes: finishes in under 30 s on 2 cores.
     #[arg(long, global = true)]
     quick: bool,
+    /// Where the benchmark's disk files go (removed afterwards): a file system that takes
+    /// O_DIRECT, as the disks of a node would be — tmpfs measures memory, not disks.
+    #[arg(long, global = true, default_value = "/var/tmp/twinfiler-bench")]
+    dir: PathBuf,
 }
 
 #[derive(clap::Subcommand)]
@@ -25,8 +31,8 @@ enum Subsystem {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.subsystem {
-        Subsystem::Raid4 => raid4::run(args.quick),
-        Subsystem::Fs => fs::run(args.quick),
+        Subsystem::Raid4 => raid4::run(args.quick, &args.dir),
+        Subsystem::Fs => fs::run(args.quick, &args.dir),
         Subsystem::Nvlog => nvlog::run(args.quick),
     }
 }

@@ -19,8 +19,6 @@ use super::report;
 
 /// Data disks of the benchmark group (plus one parity disk and one spare).
 const DATA_DISKS: usize = 4;
-/// Where the disk files go: ext4 on /work supports O_DIRECT (/tmp may be tmpfs).
-const BENCH_DIR: &str = "/work/tmp-bench";
 
 struct Sizes {
     disk_mib: u64,
@@ -38,7 +36,7 @@ struct Sizes {
 /// queues batches gets the same). The serial run (one call at a time) is reported as well.
 const CALLS_PIPELINED: usize = 2;
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+pub fn run(quick: bool, bench_dir: &Path) -> anyhow::Result<()> {
     let sizes = if quick {
         Sizes {
             disk_mib: 256,
@@ -66,16 +64,11 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         sizes.io_batch_stripes = v;
     }
     bench_xor(&sizes);
-    let dir = tempdir_on_work()?;
+    let dir = bench_dir.join(format!("raid4-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let result = bench_disks(&dir, &sizes);
     let _ = std::fs::remove_dir_all(&dir);
     result
-}
-
-fn tempdir_on_work() -> anyhow::Result<PathBuf> {
-    let dir = Path::new(BENCH_DIR).join(format!("raid4-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    Ok(dir)
 }
 
 /// XOR of N sources into one destination versus memcpy of the same N sources: both are
