@@ -17,6 +17,10 @@ const READ_RUN_BLOCKS_MAX: usize = 256;
 
 /// Dirty data beyond `cp_dirty_bytes_max` times this makes the writing caller run a CP.
 const DIRTY_THROTTLE_FACTOR: u64 = 2;
+/// Deepest directory chain a directory RENAME walks to rule out moving a directory below
+/// itself (a path of that depth is already far past PATH_MAX on a client); also what stops
+/// the walk on a corrupt parent chain.
+const DIR_DEPTH_MAX: u32 = 4096;
 
 /// Tunables of a mounted file system.
 #[derive(Clone, Debug)]
@@ -1040,6 +1044,13 @@ impl Ctx<'_> {
         }
         self.checked_dir(dir)?;
         let (id, rec) = self.find(dir.ino, name)?.ok_or(FsError::NotFound)?;
+        self.check_removable(&rec, want_dir)?;
+        self.drop_entry(dir.ino, id, name, &rec, time_ns)
+    }
+
+    /// Whether an entry may go away for an op that expects a directory (`want_dir`) or
+    /// not: REMOVE/RMDIR, and the target of a RENAME (expecting the source's kind).
+    fn check_removable(&self, rec: &DirRecord, want_dir: bool) -> Result<(), FsError> {
         let is_dir = rec.kind == FileType::Directory;
         if is_dir && !want_dir {
             return Err(FsError::IsDir);
@@ -1050,9 +1061,22 @@ impl Ctx<'_> {
         if is_dir && !self.dir_is_empty(rec.ino)? {
             return Err(FsError::NotEmpty);
         }
-        self.remove_entry(dir.ino, id, name)?;
+        Ok(())
+    }
+
+    /// Removes entry `id` (`name` → `rec`) of directory `dir` and the link it held.
+    fn drop_entry(
+        &mut self,
+        dir: u64,
+        id: u64,
+        name: &[u8],
+        rec: &DirRecord,
+        time_ns: u64,
+    ) -> Result<(), FsError> {
+        let is_dir = rec.kind == FileType::Directory;
+        self.remove_entry(dir, id, name)?;
         self.unlink_inode(rec.ino, time_ns)?;
-        self.touch_dir(dir.ino, -(is_dir as i32), time_ns)
+        self.touch_dir(dir, -(is_dir as i32), time_ns)
     }
 
     fn rename(
@@ -1073,14 +1097,18 @@ impl Ctx<'_> {
         }
         let src_dir = src.kind == FileType::Directory;
         if src_dir && fd.ino != td.ino {
-            // A directory cannot move below itself.
+            // A directory cannot move below itself: walk up from the target to the root.
             let mut cur = td.ino;
-            for _ in 0..4096 {
+            let mut depth = 0;
+            while cur != ROOT_INO {
                 if cur == src.ino {
                     return Err(FsError::Invalid("rename of a directory into itself".into()));
                 }
-                if cur == ROOT_INO {
-                    break;
+                depth += 1;
+                if depth > DIR_DEPTH_MAX {
+                    return Err(FsError::Invalid(format!(
+                        "directory tree deeper than {DIR_DEPTH_MAX} levels above the rename target"
+                    )));
                 }
                 cur = self.get_inode(cur)?.ok_or(FsError::Stale)?.parent;
             }
@@ -1089,19 +1117,8 @@ impl Ctx<'_> {
             if dst.ino == src.ino {
                 return Ok(()); // two links to one file: POSIX says do nothing
             }
-            let dst_dir = dst.kind == FileType::Directory;
-            if src_dir && !dst_dir {
-                return Err(FsError::NotDir);
-            }
-            if !src_dir && dst_dir {
-                return Err(FsError::IsDir);
-            }
-            if dst_dir && !self.dir_is_empty(dst.ino)? {
-                return Err(FsError::NotEmpty);
-            }
-            self.remove_entry(td.ino, did, tname)?;
-            self.unlink_inode(dst.ino, time_ns)?;
-            self.touch_dir(td.ino, -(dst_dir as i32), time_ns)?;
+            self.check_removable(&dst, src_dir)?;
+            self.drop_entry(td.ino, did, tname, &dst, time_ns)?;
         }
         self.remove_entry(fd.ino, sid, fname)?;
         self.add_entry(td.ino, tname, src.ino, src.gen, src.kind)?;
