@@ -157,7 +157,7 @@ impl Fs {
             .map_err(|e| FsError::Io(e.to_string()))?;
         let root_inode = Inode {
             kind: FileType::Directory,
-            gen: 1,
+            gen: ROOT_GEN,
             mode: 0o755,
             uid: 0,
             gid: 0,
@@ -191,7 +191,7 @@ impl Fs {
             root,
             freed: Vec::new(),
             next_ino: FIRST_INO,
-            next_gen: 2,
+            next_gen: ROOT_GEN + 1,
             applied_seq: 0,
             dirty_bytes: 0,
             snapshots: Vec::new(),
@@ -237,7 +237,7 @@ impl Fs {
 
     /// Root directory handle.
     pub fn root(&self) -> Handle {
-        Handle::live(ROOT_INO, 1)
+        Handle::live(ROOT_INO, ROOT_GEN)
     }
 
     /// Applies one modifying operation with log sequence number `seq`. Applying the same op

@@ -628,10 +628,7 @@ mod tests {
             uid: 0,
             gid: 0,
         };
-        let dir = Fid {
-            ino: ROOT_INO,
-            gen: 1,
-        };
+        let dir = Fid::ROOT;
         fs.apply(
             1,
             &FsOp::Create {

@@ -21,7 +21,7 @@
 //! let fs = Fs::mkfs(store.clone(), 0, FsConfig::default()).unwrap();
 //! let (ino, gen) = fs.reserve_inode();
 //! let new = NewObj { ino, gen, mode: 0o644, uid: 0, gid: 0 };
-//! let dir = Fid { ino: ROOT_INO, gen: 1 };
+//! let dir = Fid::ROOT;
 //! let op = FsOp::Create { dir, name: b"hello".to_vec(), new, how: CreateHow::Guarded, time_ns: 1 };
 //! assert_eq!(FsOp::decode(&op.encode()).unwrap(), op); // the NVRAM record payload
 //! fs.apply(1, &op).unwrap();
@@ -57,5 +57,5 @@ pub use op::{CreateHow, Fid, FsOp, NewObj, SetAttr, Special, WRITE_BYTES_MAX};
 pub use store::{CrashStore, FileStore, MemStore, StoreError, StripeStore, BLOCK_SIZE};
 pub use types::{
     Attr, DirEntry, FileType, Handle, View, FILE_SIZE_MAX, FIRST_ENTRY_ID, NAME_BYTES_MAX,
-    ROOT_INO, SYMLINK_BYTES_MAX,
+    ROOT_GEN, ROOT_INO, SYMLINK_BYTES_MAX,
 };

@@ -21,6 +21,14 @@ pub struct Fid {
     pub gen: u64,
 }
 
+impl Fid {
+    /// The root directory.
+    pub const ROOT: Fid = Fid {
+        ino: crate::types::ROOT_INO,
+        gen: crate::types::ROOT_GEN,
+    };
+}
+
 /// What a creating op creates (numbers from `Fs::reserve_inode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NewObj {

@@ -14,6 +14,8 @@ pub const KIND_EXTENT: u8 = 4;
 
 /// Inode number of the root directory of the export.
 pub const ROOT_INO: u64 = 2;
+/// Generation of the root directory, fixed at mkfs (later objects take generations after it).
+pub const ROOT_GEN: u64 = 1;
 /// First inode number handed out to new objects.
 pub const FIRST_INO: u64 = 16;
 /// First directory entry id (cookies 0..FIRST_ENTRY_ID are free for `.` and `..`).

@@ -135,10 +135,7 @@ fn ops_keep_flowing_during_a_cp() {
             fs2.apply(
                 seq,
                 &FsOp::Create {
-                    dir: Fid {
-                        ino: ROOT_INO,
-                        gen: 1,
-                    },
+                    dir: Fid::ROOT,
                     name: format!("n{i}").into_bytes(),
                     new: NewObj {
                         ino,
@@ -195,10 +192,7 @@ fn cp_driver_runs_on_timer_and_dirty_bound() {
     fs.apply(
         1,
         &FsOp::Create {
-            dir: Fid {
-                ino: ROOT_INO,
-                gen: 1,
-            },
+            dir: Fid::ROOT,
             name: b"x".to_vec(),
             new: NewObj {
                 ino,
@@ -344,10 +338,7 @@ fn no_stop_the_world_while_a_cp_writes() {
     });
     let fs = Arc::new(Fs::mkfs(store.clone(), 1, FsConfig::default()).unwrap());
     let root = fs.root();
-    let dir = Fid {
-        ino: ROOT_INO,
-        gen: 1,
-    };
+    let dir = Fid::ROOT;
     let mk = |fs: &Fs, seq: u64, name: &str| {
         let (ino, gen) = fs.reserve_inode();
         fs.apply(

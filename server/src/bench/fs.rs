@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use wafl::{
-    Attr, CpDriver, CreateHow, Fid, FileStore, Fs, FsConfig, FsOp, NewObj, StripeStore, ROOT_INO,
-};
+use wafl::{Attr, CpDriver, CreateHow, Fid, FileStore, Fs, FsConfig, FsOp, NewObj, StripeStore};
 
 use super::report;
 
@@ -63,10 +61,7 @@ pub fn run(quick: bool, bench_dir: &Path) -> anyhow::Result<()> {
         seq += 1;
         Ok(fs.apply(seq, &op)?)
     };
-    let root = Fid {
-        ino: ROOT_INO,
-        gen: 1,
-    };
+    let root = Fid::ROOT;
     let create = |fs: &Fs, name: Vec<u8>, time_ns: u64| {
         let (ino, gen) = fs.reserve_inode();
         FsOp::Create {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Context};
 use nvlog::{kind, Config, MirrorConfig, MirrorKey, MirrorState, Nvlog, SenderConfig};
 use raid4::{AssembleConfig, CreateConfig, DiskSource, Group};
-use wafl::{CreateHow, Fid, Fs, FsConfig, FsOp, NewObj, StripeStore, ROOT_INO};
+use wafl::{CreateHow, Fid, Fs, FsConfig, FsOp, NewObj, StripeStore};
 
 const DATA_DISKS: usize = 4;
 const DISK_BYTES: u64 = 256 << 20;
@@ -249,10 +249,7 @@ async fn log_and_apply(fs: &Fs, log: &Nvlog, op: FsOp) -> anyhow::Result<()> {
 async fn create_file(fs: &Fs, log: &Nvlog, name: &str) -> anyhow::Result<Fid> {
     let (ino, gen) = fs.reserve_inode();
     let op = FsOp::Create {
-        dir: Fid {
-            ino: ROOT_INO,
-            gen: 1,
-        },
+        dir: Fid::ROOT,
         name: name.as_bytes().to_vec(),
         new: NewObj {
             ino,
