@@ -58,6 +58,19 @@ fn node(
     .expect("open node")
 }
 
+/// A partner that accepts the owner's log into its mirror on an ephemeral loopback port.
+fn listening_partner(path: &Path, key: &str) -> (Nvlog, SocketAddr) {
+    let partner = node(
+        path,
+        None,
+        Some("127.0.0.1:0".parse().expect("addr")),
+        key,
+        2000,
+    );
+    let addr = partner.mirror_listen_addr().expect("listening");
+    (partner, addr)
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
     while !f() {
@@ -115,14 +128,7 @@ fn child_writer() {
 #[test]
 fn kill9_writer_resolved_appends_are_in_the_partner_mirror() {
     let dir = shm_dir();
-    let partner = node(
-        &dir.path().join("b"),
-        None,
-        Some("127.0.0.1:0".parse().expect("addr")),
-        "pair",
-        2000,
-    );
-    let addr = partner.mirror_listen_addr().expect("listening");
+    let (partner, addr) = listening_partner(&dir.path().join("b"), "pair");
     let mut child = Command::new(std::env::current_exe().expect("exe"))
         .args([
             "child_writer",
@@ -227,14 +233,7 @@ fn parse(line: &str) -> Option<(u64, u64, u64)> {
 #[test]
 fn peer_with_the_wrong_key_is_refused() {
     let dir = shm_dir();
-    let partner = node(
-        &dir.path().join("b"),
-        None,
-        Some("127.0.0.1:0".parse().expect("addr")),
-        "right",
-        2000,
-    );
-    let addr = partner.mirror_listen_addr().expect("listening");
+    let (partner, addr) = listening_partner(&dir.path().join("b"), "right");
     let intruder = node(&dir.path().join("a"), Some(addr), None, "wrong", 300);
     wait_until("auth failure on the partner", || {
         partner.status().auth_failures >= 1
@@ -263,14 +262,7 @@ fn peer_with_the_wrong_key_is_refused() {
 fn partner_loss_degrades_after_the_bound_and_return_resyncs() {
     let dir = shm_dir();
     let b_path = dir.path().join("b");
-    let partner = node(
-        &b_path,
-        None,
-        Some("127.0.0.1:0".parse().expect("addr")),
-        "pair",
-        2000,
-    );
-    let addr = partner.mirror_listen_addr().expect("listening");
+    let (partner, addr) = listening_partner(&b_path, "pair");
     let owner = node(&dir.path().join("a"), Some(addr), None, "pair", 300);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -328,14 +320,7 @@ fn partner_loss_degrades_after_the_bound_and_return_resyncs() {
 #[test]
 fn concurrent_mirrored_appenders_share_group_commits() {
     let dir = shm_dir();
-    let partner = node(
-        &dir.path().join("b"),
-        None,
-        Some("127.0.0.1:0".parse().expect("addr")),
-        "pair",
-        2000,
-    );
-    let addr = partner.mirror_listen_addr().expect("listening");
+    let (partner, addr) = listening_partner(&dir.path().join("b"), "pair");
     let owner = node(&dir.path().join("a"), Some(addr), None, "pair", 10_000);
     wait_until("in sync", || owner.status().mirror == MirrorState::InSync);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -387,14 +372,7 @@ fn concurrent_mirrored_appenders_share_group_commits() {
 fn damaged_mirror_is_resent_in_full_by_the_partner() {
     let dir = shm_dir();
     let b_path = dir.path().join("b");
-    let partner = node(
-        &b_path,
-        None,
-        Some("127.0.0.1:0".parse().expect("addr")),
-        "pair",
-        2000,
-    );
-    let addr = partner.mirror_listen_addr().expect("listening");
+    let (partner, addr) = listening_partner(&b_path, "pair");
     let owner = node(&dir.path().join("a"), Some(addr), None, "pair", 10_000);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
