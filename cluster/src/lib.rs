@@ -2,15 +2,22 @@
 //! messages, mailbox (disk heartbeat) and persisted takeover state, and a deterministic
 //! simulation of a pair that checks the safety invariants over many seeds.
 //!
-//! The interconnect transport, reservations over SG_IO, IP takeover and the node's driver
-//! come on top of these pure parts.
+//! The IO edges the node's driver uses to perform the machine's actions live beside them:
+//! [`interconnect`] (authenticated TCP links), [`mailbox_io`] (the disk heartbeat slots),
+//! [`reserve`] (SCSI-3 persistent reservations over SG_IO, or the on-disk reservation block)
+//! and [`ipaddr`] (address takeover with gratuitous ARP); see `docs/io-edges.md`.
 
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod direct_io;
 pub mod health;
+pub mod interconnect;
+pub mod ipaddr;
 pub mod mailbox;
+pub mod mailbox_io;
 pub mod persist;
+pub mod reserve;
 pub mod sim;
 pub mod takeover;
 pub mod time;

@@ -63,7 +63,7 @@ impl Disk {
         let size_bytes = if meta.file_type().is_block_device() {
             let mut size: u64 = 0;
             // SAFETY: BLKGETSIZE64 writes one u64 through the pointer.
-            let rc = unsafe { libc::ioctl(file.as_raw_fd(), IOCTL_BLKGETSIZE64, &mut size) };
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), IOCTL_BLKGETSIZE64 as _, &mut size) };
             if rc != 0 {
                 return Err(Raid4Error::open(path, std::io::Error::last_os_error()));
             }
