@@ -1,0 +1,211 @@
+//! Reading RPC records from a TCP stream into buffers we own.
+//!
+//! The common case — a record sent as one final fragment — is taken straight out of the read
+//! buffer with `split_to`, so a 1 MiB WRITE arrives as one [`Bytes`] holding the bytes the
+//! kernel copied in, with no further copy. Anything else (multi-fragment records, and every
+//! fragment header that breaks a bound) goes through [`RecordDecoder`], which reassembles
+//! (one copy) and enforces the record and fragment caps. The caps are checked on the header
+//! alone: a client claiming a 2 GiB fragment gets its connection closed before we allocate.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use twinfiler_proto::record::{RecordDecoder, RecordError, RECORD_MARK_BYTES};
+
+const LAST_FRAGMENT_BIT: u32 = 0x8000_0000;
+
+/// Why a stream cannot deliver more records. The connection must be closed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameError {
+    /// A fragment header broke a bound (size or count).
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The peer closed the stream in the middle of a record.
+    #[error("connection closed in the middle of a record ({buffered} bytes buffered)")]
+    Truncated {
+        /// Bytes of the unfinished record we held.
+        buffered: usize,
+    },
+    /// The socket failed.
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Frames records from a byte stream. Cancel-safe: all state lives in `self`, and the only
+/// await point is a `read_buf`, which either appended bytes or did nothing.
+#[derive(Debug)]
+pub(crate) struct RecordReader {
+    buf: BytesMut,
+    decoder: RecordDecoder,
+    record_bytes_max: usize,
+    read_buffer_bytes: usize,
+}
+
+impl RecordReader {
+    pub(crate) fn new(record_bytes_max: usize, read_buffer_bytes: usize) -> Self {
+        assert!(record_bytes_max > 0 && read_buffer_bytes > 0);
+        RecordReader {
+            buf: BytesMut::with_capacity(read_buffer_bytes),
+            decoder: RecordDecoder::new(record_bytes_max),
+            record_bytes_max,
+            read_buffer_bytes,
+        }
+    }
+
+    /// True if no byte of an unfinished record is held (closing now loses nothing).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.buf.is_empty() && self.decoder.is_idle()
+    }
+
+    /// The next record, or `None` at a clean end of stream. Every read is counted in
+    /// `bytes_in`.
+    pub(crate) async fn next_record<R: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut R,
+        bytes_in: &std::sync::atomic::AtomicU64,
+    ) -> Result<Option<Bytes>, FrameError> {
+        // Each round either returns or reads at least one byte, and a record is at most
+        // `record_bytes_max` bytes long plus its fragment headers, so this ends.
+        loop {
+            if let Some(record) = self.take_record()? {
+                return Ok(Some(record));
+            }
+            let wanted = self.bytes_wanted();
+            self.buf.reserve(wanted.max(self.read_buffer_bytes));
+            let n = stream.read_buf(&mut self.buf).await?;
+            super::stats::add(bytes_in, n);
+            if n == 0 {
+                if self.is_idle() {
+                    return Ok(None);
+                }
+                return Err(FrameError::Truncated {
+                    buffered: self.buf.len() + self.decoder.buffered(),
+                });
+            }
+        }
+    }
+
+    /// The length of the single final fragment starting the buffer, if the buffer starts a
+    /// record that way and its length is within the cap (the fast path).
+    fn single_fragment_len(&self) -> Option<usize> {
+        if !self.decoder.is_idle() || self.buf.len() < RECORD_MARK_BYTES {
+            return None;
+        }
+        let mut mark = [0u8; RECORD_MARK_BYTES];
+        mark.copy_from_slice(&self.buf[..RECORD_MARK_BYTES]);
+        let word = u32::from_be_bytes(mark);
+        let len = (word & !LAST_FRAGMENT_BIT) as usize;
+        (word & LAST_FRAGMENT_BIT != 0 && len <= self.record_bytes_max).then_some(len)
+    }
+
+    /// Bytes to read before [`Self::take_record`] can make progress (≥ 1).
+    fn bytes_wanted(&self) -> usize {
+        match self.single_fragment_len() {
+            Some(len) => (RECORD_MARK_BYTES + len)
+                .saturating_sub(self.buf.len())
+                .max(1),
+            None if self.decoder.is_idle() => {
+                RECORD_MARK_BYTES.saturating_sub(self.buf.len()).max(1)
+            }
+            None => self.decoder.wants().saturating_sub(self.buf.len()).max(1),
+        }
+    }
+
+    /// A complete record from the buffered bytes, if there is one.
+    fn take_record(&mut self) -> Result<Option<Bytes>, RecordError> {
+        if let Some(len) = self.single_fragment_len() {
+            if self.buf.len() < RECORD_MARK_BYTES + len {
+                return Ok(None);
+            }
+            self.buf.advance(RECORD_MARK_BYTES);
+            return Ok(Some(self.buf.split_to(len).freeze()));
+        }
+        if self.decoder.is_idle() && self.buf.len() < RECORD_MARK_BYTES {
+            // Not even a whole first header: wait, so the fast path can look at it.
+            return Ok(None);
+        }
+        // The slow path; feed consumes at most up to the end of one record per call, and
+        // consumes at least one byte while input is left, so this loop is bounded by the
+        // buffer length.
+        while !self.buf.is_empty() {
+            let fed = self.decoder.feed(&self.buf)?;
+            debug_assert!(fed.consumed > 0 || fed.record.is_some());
+            self.buf.advance(fed.consumed);
+            if let Some(record) = fed.record {
+                return Ok(Some(Bytes::from(record)));
+            }
+            if fed.consumed == 0 {
+                break;
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use twinfiler_proto::record::{frame, record_mark, RECORD_BYTES_MAX};
+
+    async fn read_all(input: Vec<u8>, chunk: usize) -> Result<Vec<Bytes>, FrameError> {
+        let (mut tx, mut rx) = tokio::io::duplex(chunk.max(16));
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for piece in input.chunks(chunk) {
+                tx.write_all(piece).await.unwrap();
+            }
+        });
+        let mut reader = RecordReader::new(RECORD_BYTES_MAX, 64);
+        let counter = AtomicU64::new(0);
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            match reader.next_record(&mut rx, &counter).await? {
+                Some(r) => out.push(r),
+                None => break,
+            }
+        }
+        writer.await.unwrap();
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn single_and_multi_fragment_records_in_any_chunking() {
+        let mut stream = frame(b"first record");
+        stream.extend_from_slice(&record_mark(3, false));
+        stream.extend_from_slice(b"abc");
+        stream.extend_from_slice(&record_mark(0, false));
+        stream.extend_from_slice(&record_mark(2, true));
+        stream.extend_from_slice(b"de");
+        let big = vec![7u8; 300_000];
+        stream.extend_from_slice(&frame(&big));
+        stream.extend_from_slice(&frame(b""));
+        for chunk in [1, 3, 5, 64, 1000, 1 << 20] {
+            let records = read_all(stream.clone(), chunk).await.unwrap();
+            assert_eq!(records.len(), 4, "chunk {chunk}");
+            assert_eq!(&records[0][..], b"first record");
+            assert_eq!(&records[1][..], b"abcde");
+            assert_eq!(&records[2][..], &big[..]);
+            assert!(records[3].is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_fragment_fails_on_the_header() {
+        let mut stream = record_mark(RECORD_BYTES_MAX + 1, true).to_vec();
+        stream.extend_from_slice(b"xxxx");
+        let err = read_all(stream, 8).await.unwrap_err();
+        assert!(matches!(
+            err,
+            FrameError::Record(RecordError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn eof_inside_a_record_is_truncation() {
+        let mut stream = frame(b"complete");
+        stream.extend_from_slice(&record_mark(100, true));
+        stream.extend_from_slice(b"only part");
+        let err = read_all(stream, 7).await.unwrap_err();
+        assert!(matches!(err, FrameError::Truncated { .. }), "{err:?}");
+    }
+}
