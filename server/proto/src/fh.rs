@@ -1,31 +1,36 @@
 //! Our NFS file handles: what they contain and how forged or garbled ones are told apart.
 //!
-//! A handle names the aggregate (uuid), the export, the inode (fileid) and its generation —
-//! never the node or its start time — so it stays valid across restarts, takeover and
+//! A handle names the aggregate (uuid), the export, the view of the file system (live, a
+//! directory's virtual `.snapshot` directory, or a snapshot), the inode (fileid) and its
+//! generation — never the node or its start time — so it stays valid across restarts, takeover and
 //! giveback. A keyed MAC (truncated BLAKE3) over the contents lets the server reject handles
 //! a client made up or corrupted with NFS3ERR_BADHANDLE before touching the file system. The
 //! key must be the same on both nodes of a pair (e.g. stored with the aggregate).
 //!
-//! Layout, 48 bytes, big-endian:
+//! Layout, 52 bytes, big-endian (version 2; version 1 had no view and was never released):
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 1 | version = 1 |
-//! | 1 | 3 | reserved, zero |
+//! | 0 | 1 | version = 2 |
+//! | 1 | 1 | view: 0 live, 1 `.snapshot` directory, 2 snapshot |
+//! | 2 | 2 | reserved, zero |
 //! | 4 | 4 | export id |
 //! | 8 | 16 | aggregate uuid |
 //! | 24 | 8 | fileid |
 //! | 32 | 8 | generation |
-//! | 40 | 8 | MAC: first 8 bytes of BLAKE3-keyed(key, bytes 0..40) |
+//! | 40 | 4 | snapshot id (view 2), zero otherwise |
+//! | 44 | 8 | MAC: first 8 bytes of BLAKE3-keyed(key, bytes 0..44) |
+//!
+//! See also `docs/file-handles.md`.
 
 use crate::nfs3::{NfsFh3, NfsStat3};
 
 /// Handle format version written by this code.
-pub const FH_VERSION: u8 = 1;
+pub const FH_VERSION: u8 = 2;
 /// Encoded handle size.
-pub const FH_BYTES: usize = 48;
+pub const FH_BYTES: usize = 52;
 /// Bytes covered by the MAC.
-const FH_MAC_COVERED_BYTES: usize = 40;
+const FH_MAC_COVERED_BYTES: usize = 44;
 /// MAC length: 64 bits make a blind forgery a 2^-64 guess per try.
 const FH_MAC_BYTES: usize = 8;
 
@@ -39,11 +44,25 @@ impl std::fmt::Debug for FhKey {
     }
 }
 
+/// Which tree of the file system a handle reads (the file system's own view, spelled
+/// without depending on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FhView {
+    /// The live file system.
+    Live,
+    /// The virtual `.snapshot` directory of the directory `fileid`.
+    SnapDir,
+    /// A snapshot, by id.
+    Snap(u32),
+}
+
 /// What a handle names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileHandle {
     /// Export the handle was issued under (checked against the export rules).
     pub export_id: u32,
+    /// Live, `.snapshot` directory, or snapshot.
+    pub view: FhView,
     /// Aggregate uuid.
     pub aggregate: [u8; 16],
     /// Inode number.
@@ -82,13 +101,20 @@ impl FileHandle {
     pub fn encode(&self, key: &FhKey) -> NfsFh3 {
         let mut b = [0u8; FH_BYTES];
         b[0] = FH_VERSION;
+        let (tag, snap) = match self.view {
+            FhView::Live => (0u8, 0u32),
+            FhView::SnapDir => (1, 0),
+            FhView::Snap(id) => (2, id),
+        };
+        b[1] = tag;
+        b[40..44].copy_from_slice(&snap.to_be_bytes());
         b[4..8].copy_from_slice(&self.export_id.to_be_bytes());
         b[8..24].copy_from_slice(&self.aggregate);
         b[24..32].copy_from_slice(&self.fileid.to_be_bytes());
         b[32..40].copy_from_slice(&self.generation.to_be_bytes());
         let m = mac(key, &b[..FH_MAC_COVERED_BYTES]);
         b[FH_MAC_COVERED_BYTES..].copy_from_slice(&m);
-        NfsFh3::new(&b).expect("48 bytes fit in a 64-byte handle")
+        NfsFh3::new(&b).expect("52 bytes fit in a 64-byte handle")
     }
 
     /// Decodes and verifies a handle received from a client.
@@ -101,9 +127,16 @@ impl FileHandle {
         if b[0] != FH_VERSION {
             return malformed("unknown version");
         }
-        if b[1..4] != [0, 0, 0] {
+        if b[2..4] != [0, 0] {
             return malformed("reserved bytes set");
         }
+        let snap = u32::from_be_bytes([b[40], b[41], b[42], b[43]]);
+        let view = match (b[1], snap) {
+            (0, 0) => FhView::Live,
+            (1, 0) => FhView::SnapDir,
+            (2, id) => FhView::Snap(id),
+            _ => return malformed("bad view"),
+        };
         let expected = mac(key, &b[..FH_MAC_COVERED_BYTES]);
         // Compare without early exit so the time taken says nothing about the MAC.
         let diff = expected
@@ -122,6 +155,7 @@ impl FileHandle {
         aggregate.copy_from_slice(&b[8..24]);
         Ok(FileHandle {
             export_id: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+            view,
             aggregate,
             fileid: u64_at(24),
             generation: u64_at(32),
@@ -138,6 +172,7 @@ mod tests {
     fn sample() -> FileHandle {
         FileHandle {
             export_id: 3,
+            view: FhView::Live,
             aggregate: [0xab; 16],
             fileid: 0x1122_3344_5566_7788,
             generation: 9,
@@ -149,6 +184,10 @@ mod tests {
         let fh = sample().encode(&KEY);
         assert_eq!(fh.as_bytes().len(), FH_BYTES);
         assert_eq!(FileHandle::decode(&fh, &KEY), Ok(sample()));
+        for view in [FhView::SnapDir, FhView::Snap(0), FhView::Snap(u32::MAX)] {
+            let h = FileHandle { view, ..sample() };
+            assert_eq!(FileHandle::decode(&h.encode(&KEY), &KEY), Ok(h));
+        }
     }
 
     #[test]
@@ -180,11 +219,11 @@ mod tests {
         // Pins the byte layout: a change here invalidates every handle clients hold.
         let fh = sample().encode(&KEY);
         assert_eq!(
-            &fh.as_bytes()[..40],
+            &fh.as_bytes()[..44],
             &[
-                1, 0, 0, 0, 0, 0, 0, 3, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab,
+                2, 0, 0, 0, 0, 0, 0, 3, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab,
                 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88,
-                0, 0, 0, 0, 0, 0, 0, 9
+                0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0
             ]
         );
     }

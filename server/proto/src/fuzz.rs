@@ -25,6 +25,11 @@ pub fn decode_everything(data: &[u8]) {
     let _ = crate::nfs3::ReaddirRes::decode(&mut Decoder::new(data));
     let _ = crate::mount::MountRes3::decode(&mut Decoder::new(data));
     let _ = crate::mount::Exports::decode(&mut Decoder::new(data));
+    // File handles: bounds and MAC checks on garbage.
+    let fh_bytes = &data[..data.len().min(crate::nfs3::FH_BYTES_MAX)];
+    if let Some(fh) = crate::nfs3::NfsFh3::new(fh_bytes) {
+        let _ = crate::fh::FileHandle::decode(&fh, &crate::fh::FhKey([0; 32]));
+    }
 
     // The bytes as a TCP stream.
     let mut rec = RecordDecoder::new(FUZZ_RECORD_BYTES_MAX);

@@ -1,0 +1,310 @@
+//! The log-then-apply sequencer, and replay.
+//!
+//! A modifying request becomes a [`Prepared`] (checks done, op built) outside any lock.
+//! Then, under the sequencing lock: take the op's time (once; it is logged, so replay is
+//! deterministic), `nvlog.submit` (assigns the seq and puts the record in log order),
+//! execute (capture pre-op attributes, apply to the file system, build the reply), release
+//! the lock, and wait until the record is durable (mirrored) before the reply leaves. The
+//! lock covers submit + apply only, so the file system sees ops in log order; the wait for
+//! durability is outside it, so concurrent requests share one group commit.
+//!
+//! Replay runs the same execution on each logged op above the file system's applied seq,
+//! in order, and hands back each regenerated reply for the duplicate-request cache.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nvlog::{kind, AppendError, Nvlog, Record};
+use wafl::{Fid, Fs, FsOp};
+
+use crate::record::{self, RecordMeta};
+
+/// Default bound on how long a request waits for a CP to free log space before it is
+/// answered NFS3ERR_JUKEBOX (the client retries later).
+pub const LOG_FULL_WAIT_MS_MAX_DEFAULT: u64 = 20_000;
+/// Pause between attempts while the log is full.
+const LOG_FULL_RETRY_MS: u64 = 2;
+
+/// A modifying request ready to be logged.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Any op but a WRITE.
+    Op {
+        /// Request identity and reply context.
+        meta: RecordMeta,
+        /// The op; its time is set by the engine.
+        op: FsOp,
+    },
+    /// A WRITE: the payload was built (one copy of the data) before taking the lock.
+    Write {
+        /// Request identity and reply context (also inside `payload`).
+        meta: RecordMeta,
+        /// The file.
+        target: Fid,
+        /// Byte offset.
+        offset: u64,
+        /// Data bytes at the front of `payload`.
+        data_len: usize,
+        /// From [`record::encode_write`].
+        payload: Vec<u8>,
+    },
+}
+
+/// What executing an op produced.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    /// The complete RPC reply message.
+    pub reply: Vec<u8>,
+    /// The NFS status in the reply.
+    pub status: twinfiler_proto::nfs3::NfsStat3,
+    /// The file system went offline: the op is logged but not applied; it must not be
+    /// answered (it is re-executed by replay after a remount).
+    pub offline: bool,
+}
+
+/// Executes one op on the file system and builds its reply. Called under the sequencing
+/// lock, live and during replay: it must depend only on the file-system state, the record
+/// and the seq, so replay regenerates the same reply.
+pub trait Executor: Send + Sync {
+    /// Captures what the reply needs from before, applies, and formats the reply.
+    fn execute(&self, fs: &Fs, seq: u64, meta: &RecordMeta, op: &FsOp) -> Executed;
+}
+
+/// Why a prepared request produced no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The log stayed full (no CP released space): answer NFS3ERR_JUKEBOX.
+    #[error("NVRAM log full for {0} ms")]
+    LogFull(u64),
+    /// The log is closed (node stopping) or the file system went offline: send nothing.
+    #[error("not served: {0}")]
+    Unavailable(String),
+}
+
+/// What [`Engine::replay`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Records handed in.
+    pub records: usize,
+    /// OP records re-executed.
+    pub ops_replayed: usize,
+    /// OP records at or below the file system's applied seq (already in its last CP).
+    pub ops_already_applied: usize,
+    /// Records of other kinds (REPLY, unknown), skipped.
+    pub other_kinds: usize,
+    /// Replies put back into the duplicate-request cache.
+    pub drc_entries: usize,
+    /// Highest seq replayed (0 if none).
+    pub last_seq: u64,
+}
+
+/// Why replay stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// A record does not decode: refusing to skip it (later ops may depend on it).
+    #[error("log record {seq}: {why}")]
+    BadRecord {
+        /// Its seq.
+        seq: u64,
+        /// Decoder message.
+        why: String,
+    },
+    /// Records out of order.
+    #[error("log record {seq} after {prev}: out of order")]
+    OutOfOrder {
+        /// Its seq.
+        seq: u64,
+        /// The previous one.
+        prev: u64,
+    },
+    /// The file system went offline during replay.
+    #[error("file system offline during replay at record {0}")]
+    Offline(u64),
+}
+
+struct SeqState {
+    /// Last op time handed out, ns: op times strictly increase in log order.
+    last_time_ns: u64,
+}
+
+/// The sequencer of one service.
+pub struct Engine {
+    fs: Arc<Fs>,
+    log: Arc<Nvlog>,
+    seq: Mutex<SeqState>,
+    log_full_wait_ms_max: u64,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The time field of an op.
+pub fn op_time_ns(op: &FsOp) -> u64 {
+    match op {
+        FsOp::Create { time_ns, .. }
+        | FsOp::Mkdir { time_ns, .. }
+        | FsOp::Symlink { time_ns, .. }
+        | FsOp::Mknod { time_ns, .. }
+        | FsOp::Link { time_ns, .. }
+        | FsOp::Remove { time_ns, .. }
+        | FsOp::Rmdir { time_ns, .. }
+        | FsOp::Rename { time_ns, .. }
+        | FsOp::SetAttr { time_ns, .. }
+        | FsOp::Write { time_ns, .. } => *time_ns,
+    }
+}
+
+fn set_op_time(op: &mut FsOp, t: u64) {
+    match op {
+        FsOp::Create { time_ns, .. }
+        | FsOp::Mkdir { time_ns, .. }
+        | FsOp::Symlink { time_ns, .. }
+        | FsOp::Mknod { time_ns, .. }
+        | FsOp::Link { time_ns, .. }
+        | FsOp::Remove { time_ns, .. }
+        | FsOp::Rmdir { time_ns, .. }
+        | FsOp::Rename { time_ns, .. }
+        | FsOp::Write { time_ns, .. } => *time_ns = t,
+        FsOp::SetAttr { time_ns, attr, .. } => {
+            // SET_TO_SERVER_TIME was prepared as u64::MAX: resolve it to this op's time.
+            for slot in [&mut attr.atime_ns, &mut attr.mtime_ns] {
+                if *slot == Some(SERVER_TIME) {
+                    *slot = Some(t);
+                }
+            }
+            *time_ns = t;
+        }
+    }
+}
+
+/// Placeholder for "set to the server's time" in a prepared SETATTR; replaced by the op's
+/// logged time under the lock.
+pub const SERVER_TIME: u64 = u64::MAX;
+
+impl Engine {
+    /// A sequencer over this file system and log; a request waits at most
+    /// `log_full_wait_ms_max` for log space.
+    pub fn new(fs: Arc<Fs>, log: Arc<Nvlog>, log_full_wait_ms_max: u64) -> Engine {
+        Engine {
+            fs,
+            log,
+            seq: Mutex::new(SeqState { last_time_ns: 0 }),
+            log_full_wait_ms_max,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SeqState> {
+        self.seq.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Logs, applies and answers one request; resolves once the record is durable.
+    pub async fn run(&self, mut p: Prepared, exec: &dyn Executor) -> Result<Executed, EngineError> {
+        let deadline = Instant::now() + Duration::from_millis(self.log_full_wait_ms_max);
+        loop {
+            match self.try_run(&mut p, exec) {
+                Ok((executed, durable)) => {
+                    durable
+                        .await
+                        .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+                    if executed.offline {
+                        return Err(EngineError::Unavailable("file system offline".into()));
+                    }
+                    return Ok(executed);
+                }
+                Err(AppendError::Full) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(LOG_FULL_RETRY_MS)).await;
+                }
+                Err(AppendError::Full) => {
+                    return Err(EngineError::LogFull(self.log_full_wait_ms_max))
+                }
+                Err(e) => return Err(EngineError::Unavailable(e.to_string())),
+            }
+        }
+    }
+
+    /// The locked part: time, submit, execute.
+    fn try_run(
+        &self,
+        p: &mut Prepared,
+        exec: &dyn Executor,
+    ) -> Result<(Executed, nvlog::Durable), AppendError> {
+        let mut st = self.lock();
+        let t = now_ns().max(st.last_time_ns + 1);
+        match p {
+            Prepared::Op { meta, op } => {
+                set_op_time(op, t);
+                let payload = record::encode(meta, op);
+                let durable = self.log.submit(kind::OP, &payload)?;
+                st.last_time_ns = t;
+                let executed = exec.execute(&self.fs, durable.seq(), meta, op);
+                Ok((executed, durable))
+            }
+            Prepared::Write {
+                meta,
+                target,
+                offset,
+                data_len,
+                payload,
+            } => {
+                record::set_write_time(payload, t);
+                let durable = self.log.submit(kind::OP, payload)?;
+                st.last_time_ns = t;
+                let op =
+                    record::into_write_op(std::mem::take(payload), *target, *offset, *data_len, t);
+                let executed = exec.execute(&self.fs, durable.seq(), meta, &op);
+                Ok((executed, durable))
+            }
+        }
+    }
+
+    /// Re-executes the OP records above the file system's applied seq, in order, holding
+    /// the sequencing lock; calls `replied` with each record's DRC key and reply.
+    pub fn replay(
+        &self,
+        records: Vec<Record>,
+        exec: &dyn Executor,
+        replied: &mut dyn FnMut(&RecordMeta, Vec<u8>),
+    ) -> Result<ReplayReport, ReplayError> {
+        let mut st = self.lock();
+        let applied = self.fs.applied_seq();
+        let mut report = ReplayReport {
+            records: records.len(),
+            ..Default::default()
+        };
+        let mut prev = 0;
+        for r in records {
+            if r.seq <= prev {
+                return Err(ReplayError::OutOfOrder { seq: r.seq, prev });
+            }
+            prev = r.seq;
+            if r.kind != kind::OP {
+                report.other_kinds += 1;
+                continue;
+            }
+            if r.seq <= applied {
+                report.ops_already_applied += 1;
+                continue;
+            }
+            let rec = record::decode(&r.payload).map_err(|e| ReplayError::BadRecord {
+                seq: r.seq,
+                why: e.0,
+            })?;
+            st.last_time_ns = st.last_time_ns.max(op_time_ns(&rec.op));
+            let executed = exec.execute(&self.fs, r.seq, &rec.meta, &rec.op);
+            if executed.offline {
+                return Err(ReplayError::Offline(r.seq));
+            }
+            report.ops_replayed += 1;
+            report.last_seq = r.seq;
+            if rec.meta.drc_key.is_some() {
+                report.drc_entries += 1;
+            }
+            replied(&rec.meta, executed.reply);
+        }
+        Ok(report)
+    }
+}
