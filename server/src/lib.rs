@@ -1,1 +1,5 @@
 //! The twinfiler node.
+
+pub mod config;
+pub mod nfsclient;
+pub mod node;

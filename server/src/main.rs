@@ -25,6 +25,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the local demo.
     Demo(cli::demo::DemoArgs),
+    /// Run a node: serve NFS from the aggregate named in the configuration until SIGTERM.
+    Node(cli::node::NodeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fsck(a) => cli::fsck::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Demo(a) => cli::demo::run(a),
+        Command::Node(a) => cli::node::run(a),
     }
 }
 

@@ -3,3 +3,4 @@
 pub mod aggr;
 pub mod demo;
 pub mod fsck;
+pub mod node;

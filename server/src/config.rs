@@ -1,0 +1,511 @@
+//! The node's configuration: one TOML file (`twinfiler node --config node.toml`).
+//!
+//! Every field is documented in `server/node.example.toml`, which the tests parse, so the
+//! example cannot drift from this code. Unknown keys are errors (a typo in a bound must not
+//! silently run with the default), and every error names the file.
+//!
+//! Bounds carry their unit in the key (`cp_interval_ms`, `half_mib`); defaults are chosen
+//! for a small node and are the constants below.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+pub use twinfiler_nfs::ExportConfig;
+
+/// Default CP timer: a CP at least this often while anything is dirty.
+pub const CP_INTERVAL_MS_DEFAULT: u64 = 10_000;
+/// Shortest CP timer accepted (a CP per few ms would only burn disk bandwidth).
+pub const CP_INTERVAL_MS_MIN: u64 = 100;
+/// Longest CP timer accepted (the log must be released well before it fills).
+pub const CP_INTERVAL_MS_MAX: u64 = 600_000;
+/// Default portmapper/rpcbind port (what `mount.nfs` asks without options).
+pub const PORTMAP_PORT_DEFAULT: u16 = 111;
+/// Default MOUNT v3 port.
+pub const MOUNT_PORT_DEFAULT: u16 = 20048;
+/// Default NFS port.
+pub const NFS_PORT_DEFAULT: u16 = 2049;
+/// Default time calls in flight get to finish at shutdown.
+pub const STOP_GRACE_MS_DEFAULT: u64 = 5_000;
+/// Shortest pair key accepted: the file handle and mirror keys are derived from it.
+pub const PAIR_KEY_BYTES_MIN: usize = 32;
+/// Longest pair key file read (a key, not a data file).
+pub const PAIR_KEY_BYTES_MAX: usize = 4096;
+/// Bytes of a generated pair key.
+pub const PAIR_KEY_BYTES_GENERATED: usize = 32;
+/// Smallest RPC record bound accepted: a 1 MiB WRITE, its handle and headers.
+const RECORD_BYTES_MIN: usize = (1 << 20) + 512;
+/// Largest configuration file read.
+const CONFIG_BYTES_MAX: u64 = 1 << 20;
+/// NVRAM halves are formatted in multiples of this (nvlog's region granularity).
+const NVRAM_HALF_MIB_ALIGN: u64 = 2;
+/// Data disks of a created aggregate: RAID-4 needs at least two (plus parity).
+const CREATE_DATA_DISKS_MIN: usize = 2;
+/// More data disks than this is a typo, not a RAID-4 group.
+const CREATE_DATA_DISKS_MAX: usize = 28;
+/// Smallest disk of a created aggregate (labels, superblocks and some stripes).
+const CREATE_DISK_MIB_MIN: u64 = 16;
+/// Spares of a created aggregate, at most.
+const CREATE_SPARES_MAX: usize = 8;
+
+/// Why a configuration cannot be used. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read the configuration {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or does not match the schema.
+    #[error("configuration {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml/serde said (line, column, key).
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("configuration {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// The pair key file is missing, unreadable or too short.
+    #[error("pair key {path}: {message}")]
+    PairKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// The whole configuration of one node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name (logs, status).
+    pub name: String,
+    /// Where the node keeps its own small files (the pair key, the lock file).
+    pub state_dir: PathBuf,
+    /// The pair's shared secret; default `<state_dir>/pair.key`.
+    #[serde(default)]
+    pub pair_key_file: Option<PathBuf>,
+    /// CP timer, ms.
+    #[serde(default = "cp_interval_ms_default")]
+    pub cp_interval_ms: u64,
+    /// The node's aggregate.
+    pub aggregate: AggregateConfig,
+    /// The NVRAM log region.
+    pub nvram: NvramConfig,
+    /// Mirroring of the log to the partner; absent = standalone.
+    #[serde(default)]
+    pub mirror: Option<MirrorSection>,
+    /// The NFS front-end.
+    pub nfs: NfsSection,
+    /// Exports (the TOML key is `[[export]]`, one table per export).
+    #[serde(default, rename = "export")]
+    pub exports: Vec<ExportConfig>,
+    /// Where this configuration came from (set by [`NodeConfig::load`], for messages).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// The aggregate: a RAID-4 group of disk files or devices in one directory.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Directory holding the disks (every labelled disk in it is considered).
+    pub disks_dir: PathBuf,
+    /// Create the aggregate on first start when the directory holds no disk yet.
+    #[serde(default)]
+    pub create: Option<CreateSection>,
+}
+
+/// How to create an aggregate on first start (sparse disk files in `disks_dir`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSection {
+    /// Data disks (one more is created for parity).
+    pub data_disks: usize,
+    /// Size of each disk file, MiB.
+    pub disk_mib: u64,
+    /// Hot spares to create.
+    #[serde(default)]
+    pub spares: usize,
+}
+
+/// The NVRAM region.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NvramConfig {
+    /// A `/dev/daxX.Y` device, a file on fs-dax, or a plain file (e.g. under /dev/shm).
+    pub region_path: PathBuf,
+    /// Bytes per log half when formatting, MiB (multiple of 2).
+    pub half_mib: u64,
+}
+
+/// Mirroring to the partner node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSection {
+    /// Where we accept the partner's log into our mirror area.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The partner's mirror listener: our log is mirrored there.
+    #[serde(default)]
+    pub partner: Option<SocketAddr>,
+    /// Partner silent this long → MIRROR_DEGRADED, ms.
+    #[serde(default = "degraded_after_ms_default")]
+    pub degraded_after_ms: u64,
+}
+
+/// The NFS front-end: listeners and transport bounds. Transport bounds default to
+/// `twinfiler_rpc::ServerConfig::default()`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsSection {
+    /// The address every listener binds (portmap, MOUNT, NFS): the node's identity address.
+    /// A specific address, not a wildcard: rpcbind answers name the address asked.
+    pub bind: IpAddr,
+    /// Portmapper/rpcbind port (TCP and UDP); 0 = any free port (tests).
+    #[serde(default = "portmap_port_default")]
+    pub portmap_port: u16,
+    /// MOUNT port (TCP and UDP); 0 = any free port.
+    #[serde(default = "mount_port_default")]
+    pub mount_port: u16,
+    /// NFS port (TCP, and UDP when `nfs_udp`); 0 = any free port.
+    #[serde(default = "nfs_port_default")]
+    pub nfs_port: u16,
+    /// Also serve NFS on UDP (portmap and MOUNT always answer on UDP too).
+    #[serde(default)]
+    pub nfs_udp: bool,
+    /// TCP connections at once, at most.
+    #[serde(default)]
+    pub connections_max: Option<usize>,
+    /// Calls in flight per TCP connection, at most (then the connection is not read).
+    #[serde(default)]
+    pub inflight_per_connection_max: Option<usize>,
+    /// Calls in flight over all connections and UDP, at most.
+    #[serde(default)]
+    pub inflight_total_max: Option<usize>,
+    /// Calls from UDP executing at once, at most.
+    #[serde(default)]
+    pub udp_inflight_max: Option<usize>,
+    /// Largest RPC record a client may send, bytes (a 1 MiB WRITE plus headers must fit).
+    #[serde(default)]
+    pub record_bytes_max: Option<usize>,
+    /// An idle TCP connection is closed after this long, ms.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    /// A reply write without progress for this long closes the connection, ms.
+    #[serde(default)]
+    pub write_timeout_ms: Option<u64>,
+    /// At shutdown, calls in flight get this long to finish, ms.
+    #[serde(default = "stop_grace_ms_default")]
+    pub stop_grace_ms: u64,
+}
+
+impl NfsSection {
+    /// The RPC server's bounds: the configured ones over the transport's defaults.
+    pub fn server_config(&self) -> twinfiler_rpc::ServerConfig {
+        let d = twinfiler_rpc::ServerConfig::default();
+        twinfiler_rpc::ServerConfig {
+            connections_max: self.connections_max.unwrap_or(d.connections_max),
+            inflight_per_connection_max: self
+                .inflight_per_connection_max
+                .unwrap_or(d.inflight_per_connection_max),
+            inflight_total_max: self.inflight_total_max.unwrap_or(d.inflight_total_max),
+            udp_inflight_max: self.udp_inflight_max.unwrap_or(d.udp_inflight_max),
+            record_bytes_max: self.record_bytes_max.unwrap_or(d.record_bytes_max),
+            read_buffer_bytes: d.read_buffer_bytes,
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
+            write_timeout_ms: self.write_timeout_ms.unwrap_or(d.write_timeout_ms),
+        }
+    }
+}
+
+fn stop_grace_ms_default() -> u64 {
+    STOP_GRACE_MS_DEFAULT
+}
+fn cp_interval_ms_default() -> u64 {
+    CP_INTERVAL_MS_DEFAULT
+}
+fn degraded_after_ms_default() -> u64 {
+    nvlog::SenderConfig::default().degraded_after_ms
+}
+fn portmap_port_default() -> u16 {
+    PORTMAP_PORT_DEFAULT
+}
+fn mount_port_default() -> u16 {
+    MOUNT_PORT_DEFAULT
+}
+fn nfs_port_default() -> u16 {
+    NFS_PORT_DEFAULT
+}
+
+impl NodeConfig {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        if meta.len() > CONFIG_BYTES_MAX {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "{} bytes is over the {CONFIG_BYTES_MAX}-byte bound: is this the right file?",
+                    meta.len()
+                ),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let mut config = NodeConfig::parse(&text, path)?;
+        if let Some(dir) = path.parent() {
+            config.resolve_relative_to(dir);
+        }
+        Ok(config)
+    }
+
+    /// Makes relative paths relative to `dir` (the configuration file's directory), so a
+    /// node does not depend on the directory it was started from.
+    pub fn resolve_relative_to(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.state_dir);
+        if let Some(k) = &mut self.pair_key_file {
+            fix(k);
+        }
+        fix(&mut self.aggregate.disks_dir);
+        fix(&mut self.nvram.region_path);
+    }
+
+    /// Parses and validates configuration text; `source` names it in errors.
+    pub fn parse(text: &str, source: &Path) -> Result<NodeConfig, ConfigError> {
+        let mut config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: source.to_owned(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.source = source.to_owned();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            path: self.source.clone(),
+            message,
+        };
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err(bad("`name` must be 1 to 64 characters".into()));
+        }
+        if !(CP_INTERVAL_MS_MIN..=CP_INTERVAL_MS_MAX).contains(&self.cp_interval_ms) {
+            return Err(bad(format!(
+                "`cp_interval_ms` = {} is outside {CP_INTERVAL_MS_MIN}..={CP_INTERVAL_MS_MAX}",
+                self.cp_interval_ms
+            )));
+        }
+        let half = self.nvram.half_mib;
+        if half == 0 || !half.is_multiple_of(NVRAM_HALF_MIB_ALIGN) {
+            return Err(bad(format!(
+                "`nvram.half_mib` = {half} must be a positive multiple of {NVRAM_HALF_MIB_ALIGN}"
+            )));
+        }
+        if let Some(c) = &self.aggregate.create {
+            if !(CREATE_DATA_DISKS_MIN..=CREATE_DATA_DISKS_MAX).contains(&c.data_disks) {
+                return Err(bad(format!(
+                    "`aggregate.create.data_disks` = {} is outside {CREATE_DATA_DISKS_MIN}..={CREATE_DATA_DISKS_MAX}",
+                    c.data_disks
+                )));
+            }
+            if c.disk_mib < CREATE_DISK_MIB_MIN {
+                return Err(bad(format!(
+                    "`aggregate.create.disk_mib` = {} is below {CREATE_DISK_MIB_MIN}",
+                    c.disk_mib
+                )));
+            }
+            if c.spares > CREATE_SPARES_MAX {
+                return Err(bad(format!(
+                    "`aggregate.create.spares` = {} is over {CREATE_SPARES_MAX}",
+                    c.spares
+                )));
+            }
+        }
+        if let Some(m) = &self.mirror {
+            if m.listen.is_none() && m.partner.is_none() {
+                return Err(bad(
+                    "`[mirror]` needs `listen`, `partner` or both; remove the section to run standalone"
+                        .into(),
+                ));
+            }
+            if m.degraded_after_ms == 0 {
+                return Err(bad("`mirror.degraded_after_ms` must be positive".into()));
+            }
+        }
+        let n = &self.nfs;
+        let ports = [
+            ("portmap_port", n.portmap_port),
+            ("mount_port", n.mount_port),
+            ("nfs_port", n.nfs_port),
+        ];
+        for (i, (a, pa)) in ports.iter().enumerate() {
+            for (b, pb) in &ports[i + 1..] {
+                if pa == pb && *pa != 0 {
+                    return Err(bad(format!(
+                        "`nfs.{a}` and `nfs.{b}` are both {pa}: every service needs its own port"
+                    )));
+                }
+            }
+        }
+        if n.bind.is_unspecified() {
+            return Err(bad(format!(
+                "`nfs.bind` = {}: give the node's address (rpcbind replies name it), not a wildcard",
+                n.bind
+            )));
+        }
+        let server = n.server_config();
+        server.validate().map_err(|e| bad(format!("[nfs]: {e}")))?;
+        // A full 1 MiB WRITE must fit in one record, or clients with wsize=1M fail.
+        if server.record_bytes_max < RECORD_BYTES_MIN {
+            return Err(bad(format!(
+                "`nfs.record_bytes_max` = {} cannot carry a 1 MiB WRITE; use at least {RECORD_BYTES_MIN}",
+                server.record_bytes_max
+            )));
+        }
+        if self.exports.is_empty() {
+            return Err(bad(
+                "no `[[export]]`: a node that exports nothing serves nothing".into(),
+            ));
+        }
+        twinfiler_nfs::Exports::from_config(&self.exports).map_err(|e| bad(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Whether the node mirrors its log (has a `[mirror]` section).
+    pub fn is_standalone(&self) -> bool {
+        self.mirror.is_none()
+    }
+
+    /// The pair key file's path.
+    pub fn pair_key_path(&self) -> PathBuf {
+        self.pair_key_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("pair.key"))
+    }
+
+    /// Reads the pair key; a standalone node generates one (mode 0600) when it is absent.
+    /// A mirrored node never generates it: both nodes must hold the same key.
+    pub fn load_pair_key(&self) -> Result<PairKey, ConfigError> {
+        let path = self.pair_key_path();
+        let err = |message: String| ConfigError::PairKey {
+            path: path.clone(),
+            message,
+        };
+        match std::fs::metadata(&path) {
+            Ok(meta) => {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "pair key is readable by group or others; chmod 600 it"
+                    );
+                }
+                if meta.len() > PAIR_KEY_BYTES_MAX as u64 {
+                    return Err(err(format!(
+                        "{} bytes is over the {PAIR_KEY_BYTES_MAX}-byte bound: is this the right file?",
+                        meta.len()
+                    )));
+                }
+                let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
+                PairKey::from_bytes(bytes).map_err(err)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.is_standalone() => {
+                let key = PairKey::generate();
+                write_new_secret(&path, key.as_bytes()).map_err(|e| {
+                    err(format!("cannot create it: {e}; check that the state dir exists and is writable"))
+                })?;
+                tracing::info!(path = %path.display(), "generated a new pair key (standalone node)");
+                Ok(key)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(err(format!(
+                "missing; a mirrored node needs the pair's shared key: create it once with \
+                 `head -c {PAIR_KEY_BYTES_GENERATED} /dev/urandom > KEY; chmod 600 KEY` and copy the same file to both nodes"
+            ))),
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+}
+
+/// The pair's shared secret: file handle MACs and the mirror's frame MACs derive from it,
+/// so both nodes of a pair (and every restart) must use the same bytes.
+#[derive(Clone)]
+pub struct PairKey(Vec<u8>);
+
+impl std::fmt::Debug for PairKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PairKey(..)")
+    }
+}
+
+impl PairKey {
+    /// A key from raw bytes (at least [`PAIR_KEY_BYTES_MIN`]).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<PairKey, String> {
+        if bytes.len() < PAIR_KEY_BYTES_MIN {
+            return Err(format!(
+                "{} bytes is shorter than {PAIR_KEY_BYTES_MIN}; make a new one with \
+                 `head -c {PAIR_KEY_BYTES_GENERATED} /dev/urandom > KEY` (both nodes need the same file)",
+                bytes.len()
+            ));
+        }
+        Ok(PairKey(bytes))
+    }
+
+    /// A fresh random key.
+    pub fn generate() -> PairKey {
+        use rand::RngCore as _;
+        let mut bytes = vec![0u8; PAIR_KEY_BYTES_GENERATED];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        PairKey(bytes)
+    }
+
+    /// The key bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The file-handle MAC key (same on both nodes, stable across restarts).
+    pub fn fh_key_bytes(&self) -> [u8; 32] {
+        blake3::derive_key("twinfiler file handles v1", &self.0)
+    }
+
+    /// The nvlog mirror's frame MAC key.
+    pub fn mirror_key(&self) -> nvlog::MirrorKey {
+        nvlog::MirrorKey(blake3::derive_key("twinfiler nvlog mirror key v1", &self.0))
+    }
+}
+
+/// Creates `path` with mode 0600 (never replacing an existing file) and syncs it.
+fn write_new_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    // The mode passed to open is filtered by the umask; make sure it is exactly 0600.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}

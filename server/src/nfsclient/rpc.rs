@@ -1,0 +1,219 @@
+//! ONC RPC over one TCP connection, with many calls in flight: calls are written whole under
+//! a writer lock, a reader task reassembles reply records and hands each to the waiting call
+//! by xid. Replies may come back in any order.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use twinfiler_proto::record::{RecordDecoder, RECORD_BYTES_MAX, RECORD_MARK_BYTES};
+use twinfiler_proto::rpc::{self, AcceptStat, CallHeader, Credential, OpaqueAuth, ReplyStatus};
+
+use super::ClientError;
+
+/// How long one call waits for its reply before failing (a server that lost it).
+pub const CALL_TIMEOUT_MS: u64 = 60_000;
+/// How long connecting may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Bytes asked of the socket per read by the reader task.
+const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// A complete reply to a successful call: the record and where the results start in it.
+#[derive(Debug)]
+pub struct Reply {
+    /// The reply record (header and results).
+    pub record: Vec<u8>,
+    /// Offset of the procedure results in `record`.
+    pub results_offset: usize,
+}
+
+impl Reply {
+    /// The procedure results.
+    pub fn results(&self) -> &[u8] {
+        &self.record[self.results_offset..]
+    }
+}
+
+type Waiter = oneshot::Sender<Vec<u8>>;
+
+/// Calls waiting for their reply, by xid. `None` once the connection is gone: a call made
+/// after that fails at once instead of waiting for its timeout.
+type Pending = Mutex<Option<HashMap<u32, Waiter>>>;
+
+/// One TCP connection to an RPC server; cheap to share (`Arc`) between concurrent callers.
+pub struct RpcConn {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Arc<Pending>,
+    next_xid: AtomicU32,
+    cred: Credential,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl RpcConn {
+    /// Connects to `addr`; every call carries `cred`.
+    pub async fn connect(addr: SocketAddr, cred: Credential) -> Result<Self, ClientError> {
+        let stream = tokio::time::timeout(
+            Duration::from_millis(CONNECT_TIMEOUT_MS),
+            TcpStream::connect(addr),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout {
+            what: "connect",
+            ms: CONNECT_TIMEOUT_MS,
+        })??;
+        stream.set_nodelay(true)?;
+        let (mut read_half, write_half) = stream.into_split();
+        let pending: Arc<Pending> = Arc::new(Mutex::new(Some(HashMap::new())));
+        let reader_pending = pending.clone();
+        let reader = tokio::spawn(async move {
+            let why = read_replies(&mut read_half, &reader_pending).await;
+            tracing::debug!(%addr, ?why, "rpc connection reader ended");
+            // Dropping the waiters wakes every call still in flight with "closed".
+            reader_pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        });
+        // Start xids somewhere arbitrary so two runs against one server do not share a DRC
+        // key space (the server caches replies by xid and client address).
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16))
+            .unwrap_or(1);
+        Ok(RpcConn {
+            writer: tokio::sync::Mutex::new(write_half),
+            pending,
+            next_xid: AtomicU32::new(seed),
+            cred,
+            reader,
+        })
+    }
+
+    /// Calls `prog`/`vers`/`proc_` with arguments appended by `encode_args`; returns the
+    /// reply of an accepted, successful call.
+    pub async fn call(
+        &self,
+        prog: u32,
+        vers: u32,
+        proc_: u32,
+        encode_args: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Reply, ClientError> {
+        let xid = self.next_xid.fetch_add(1, Ordering::Relaxed);
+        // The record mark goes in front once the length is known: one buffer, one write.
+        let mut msg = vec![0u8; RECORD_MARK_BYTES];
+        CallHeader {
+            xid,
+            prog,
+            vers,
+            proc_,
+            cred: self.cred.clone(),
+            verf: OpaqueAuth::none(),
+        }
+        .encode(&mut msg);
+        encode_args(&mut msg);
+        let body_len = msg.len() - RECORD_MARK_BYTES;
+        if body_len > RECORD_BYTES_MAX {
+            return Err(ClientError::TooLarge { bytes: body_len });
+        }
+        msg[..RECORD_MARK_BYTES]
+            .copy_from_slice(&twinfiler_proto::record::record_mark(body_len, true));
+
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let map = pending.as_mut().ok_or(ClientError::Closed)?;
+            assert!(
+                map.insert(xid, tx).is_none(),
+                "xid {xid} reused while in flight"
+            );
+        }
+        let written = {
+            let mut w = self.writer.lock().await;
+            w.write_all(&msg).await
+        };
+        if let Err(e) = written {
+            self.forget(xid);
+            return Err(e.into());
+        }
+        let record = match tokio::time::timeout(Duration::from_millis(CALL_TIMEOUT_MS), rx).await {
+            Ok(Ok(record)) => record,
+            Ok(Err(_)) => return Err(ClientError::Closed),
+            Err(_) => {
+                self.forget(xid);
+                return Err(ClientError::Timeout {
+                    what: "reply",
+                    ms: CALL_TIMEOUT_MS,
+                });
+            }
+        };
+        let (head, results_offset) = rpc::decode_reply(&record)?;
+        match head.status {
+            ReplyStatus::Accepted {
+                stat: AcceptStat::Success,
+                ..
+            } => Ok(Reply {
+                record,
+                results_offset,
+            }),
+            status => Err(ClientError::Rpc(format!("{status:?}"))),
+        }
+    }
+
+    fn forget(&self, xid: u32) {
+        if let Some(map) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            map.remove(&xid);
+        }
+    }
+}
+
+impl Drop for RpcConn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The reader task: reassembles records and wakes the call each belongs to. Returns why it
+/// stopped (EOF, I/O error, bad framing).
+async fn read_replies(
+    read_half: &mut tokio::net::tcp::OwnedReadHalf,
+    pending: &Pending,
+) -> Result<(), ClientError> {
+    let mut decoder = RecordDecoder::new(RECORD_BYTES_MAX);
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        let n = read_half.read(&mut buf).await?;
+        if n == 0 {
+            return Err(ClientError::Closed);
+        }
+        let mut input = &buf[..n];
+        while !input.is_empty() {
+            let fed = decoder.feed(input)?;
+            input = &input[fed.consumed..];
+            let Some(record) = fed.record else { continue };
+            let Some(xid_bytes) = record.get(..4) else {
+                continue; // too short to name a call: nobody to hand it to
+            };
+            let xid = u32::from_be_bytes([xid_bytes[0], xid_bytes[1], xid_bytes[2], xid_bytes[3]]);
+            let waiter = pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+                .and_then(|m| m.remove(&xid));
+            // A reply nobody waits for (timed out, or a duplicate) is dropped.
+            if let Some(w) = waiter {
+                let _ = w.send(record);
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The client against small scripted servers on loopback, built from the proto crate's
+//! server-side decoders: replies out of order, portmapper lookups, a server that hangs up.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use twinfiler_proto::nfs3::{Fattr3, Ftype3, GetattrResOk, Nfs3Call, NfsRes, NfsTime3, Specdata3};
+use twinfiler_proto::portmap::{CallContext, Registration, Registry};
+use twinfiler_proto::record::{frame, RecordDecoder};
+use twinfiler_proto::rpc::{decode_call, success_reply, CallHeader};
+
+use super::*;
+
+/// Reads one call record from `s`.
+async fn read_call(s: &mut TcpStream, dec: &mut RecordDecoder) -> Option<Vec<u8>> {
+    let mut byte = [0u8; 1];
+    for _ in 0..(2 << 20) {
+        if s.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        if let Some(rec) = dec.feed(&byte).ok()?.record {
+            return Some(rec);
+        }
+    }
+    None
+}
+
+fn attrs_for(fileid: u64) -> Fattr3 {
+    let t = NfsTime3 {
+        seconds: 0,
+        nseconds: 0,
+    };
+    Fattr3 {
+        ftype: Ftype3::Reg,
+        mode: 0o644,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        size: fileid * 10,
+        used: 0,
+        rdev: Specdata3 {
+            specdata1: 0,
+            specdata2: 0,
+        },
+        fsid: 1,
+        fileid,
+        atime: t,
+        mtime: t,
+        ctime: t,
+    }
+}
+
+/// Answers `calls` GETATTRs only after all of them arrived, in reverse order; the fileid of
+/// each answer is the first byte of the handle asked about.
+async fn reverse_getattr_server(listener: TcpListener, calls: usize) {
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut dec = RecordDecoder::default();
+    let mut replies = Vec::new();
+    for _ in 0..calls {
+        let rec = read_call(&mut s, &mut dec).await.unwrap();
+        let (head, off): (CallHeader, usize) = decode_call(&rec).unwrap();
+        let Nfs3Call::Getattr(args) = Nfs3Call::decode(head.proc_, &rec, off).unwrap() else {
+            panic!("expected GETATTR");
+        };
+        let fileid = u64::from(args.object.as_bytes()[0]);
+        let res: GetattrRes = NfsRes::Ok(GetattrResOk {
+            obj_attributes: attrs_for(fileid),
+        });
+        replies.push(frame(&success_reply(head.xid, &res)));
+    }
+    for r in replies.iter().rev() {
+        s.write_all(r).await.unwrap();
+    }
+}
+
+async fn client_on(listener: &TcpListener) -> NfsClient {
+    let conn = RpcConn::connect(listener.local_addr().unwrap(), auth_sys(1, 1))
+        .await
+        .unwrap();
+    NfsClient {
+        conn,
+        root: NfsFh3::new(&[0]).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_calls_get_their_own_out_of_order_replies() {
+    const CALLS: usize = 16;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let client = Arc::new(client_on(&listener).await);
+    let server = tokio::spawn(reverse_getattr_server(listener, CALLS));
+    let mut tasks = Vec::new();
+    for i in 0..CALLS as u8 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let fh = NfsFh3::new(&[i + 1, 7, 7, 7]).unwrap();
+            (i, c.getattr(&fh).await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (i, attrs) = t.await.unwrap();
+        assert_eq!(attrs.fileid, u64::from(i) + 1);
+        assert_eq!(attrs.size, (u64::from(i) + 1) * 10);
+    }
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn calls_in_flight_fail_when_the_server_hangs_up() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let client = Arc::new(client_on(&listener).await);
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut dec = RecordDecoder::default();
+        read_call(&mut s, &mut dec).await.unwrap();
+        // Hang up without answering.
+    });
+    let t0 = std::time::Instant::now();
+    let err = client.null().await.unwrap_err();
+    assert!(matches!(err, ClientError::Closed), "{err}");
+    assert!(t0.elapsed().as_millis() < u128::from(CALL_TIMEOUT_MS));
+    server.await.unwrap();
+    // And later calls fail at once too.
+    assert!(client.null().await.is_err());
+}
+
+#[tokio::test]
+async fn getport_asks_the_portmapper() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let mut reg = Registry::new();
+        assert!(reg.set(Registration {
+            prog: MOUNT_PROGRAM,
+            vers: MOUNT_V3,
+            netid: "tcp".into(),
+            port: 20048,
+            owner: "test".into(),
+        }));
+        let ctx = CallContext {
+            local_ip: Ipv4Addr::LOCALHOST.into(),
+            netid: "tcp",
+            now_unix_s: 0,
+            may_modify: false,
+        };
+        // Two connections: one question each.
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut dec = RecordDecoder::default();
+            let rec = read_call(&mut s, &mut dec).await.unwrap();
+            let (head, off) = decode_call(&rec).unwrap();
+            let results = reg.handle(&head, &rec, off, &ctx).unwrap();
+            let mut reply =
+                twinfiler_proto::rpc::ReplyHeader::success(head.xid).to_vec_with_capacity(0);
+            reply.extend_from_slice(&results);
+            s.write_all(&frame(&reply)).await.unwrap();
+        }
+    });
+    let ip = Ipv4Addr::LOCALHOST.into();
+    assert_eq!(
+        getport(ip, port, MOUNT_PROGRAM, MOUNT_V3).await.unwrap(),
+        20048
+    );
+    let err = getport(ip, port, NFS_PROGRAM, NFS_V3).await.unwrap_err();
+    assert!(matches!(err, ClientError::NotRegistered { .. }), "{err}");
+    server.await.unwrap();
+}

@@ -1,0 +1,16 @@
+//! Integration tests of the twinfiler node with real clients on loopback: one test binary
+//! (one link of the whole node) with a module per area.
+//!
+//! Needs: the Debian package `libnfs-utils` (`nfs-cp`, `nfs-ls`, `nfs-cat`; the libnfs tests
+//! skip loudly without it), /dev/shm for NVRAM regions, io_uring for the disks.
+//! Longer runs: `TWINFILER_LONG_TESTS=1`.
+
+mod client;
+mod common;
+mod config;
+mod libnfs;
+mod lifecycle;
+mod long;
+mod mirror;
+mod procedures;
+mod restart;
