@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the VM lab needs on a Debian 12 (bookworm) machine, as root, unattended.
 #
-#   host packages : busybox-static cpio rpcbind nfs-ganesha nfs-ganesha-vfs libnfs-utils
-#                   qemu-system-x86 (from bookworm-backports, see below)
+#   host packages : busybox-static cpio rpcbind nfs-ganesha nfs-ganesha-vfs libnfs-utils tgt
+#                   qemu-system-x86 qemu-block-extra (from bookworm-backports, see below)
 #   guest debs    : the Debian kernel image and kmod, only *downloaded* into
 #                   $TWINFILER_LAB_CACHE/debs (build-guest.sh unpacks them with dpkg -x);
 #                   neither is installed on the host.
@@ -26,8 +26,8 @@ debs_dir=$cache/debs
 dpkg_lock_wait_s=300
 apt_step_timeout_s=1200
 
-host_packages="busybox-static cpio libkmod2 rpcbind nfs-ganesha nfs-ganesha-vfs libnfs-utils"
-backports_packages="qemu-system-x86"
+host_packages="busybox-static cpio libkmod2 rpcbind nfs-ganesha nfs-ganesha-vfs libnfs-utils tgt"
+backports_packages="qemu-system-x86 qemu-block-extra"
 
 export DEBIAN_FRONTEND=noninteractive
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -78,7 +78,7 @@ lab_apt() {
 }
 
 t0=$(date +%s)
-daemons_before=$(pgrep -x ganesha.nfsd; pgrep -x rpcbind) || true
+daemons_before=$(pgrep -x ganesha.nfsd; pgrep -x rpcbind; pgrep -x tgtd) || true
 log "apt-get update (private lists in $apt_dir)"
 lab_apt update >/dev/null
 
@@ -112,9 +112,9 @@ if [ "$have_debs" = 0 ]; then
 fi
 
 # The packages' maintainer scripts may have started daemons (sysv init scripts on machines
-# without systemd). rpcbind and ganesha hold ports 111/2049 that our own node also wants;
-# the tests start what they need themselves.
-for pid in $(pgrep -x ganesha.nfsd; pgrep -x rpcbind); do
+# without systemd). rpcbind and ganesha hold ports 111/2049 that our own node also wants, tgtd
+# holds 3260; the tests start what they need themselves.
+for pid in $(pgrep -x ganesha.nfsd; pgrep -x rpcbind; pgrep -x tgtd); do
   case " ${daemons_before//$'\n'/ } " in *" $pid "*) continue ;; esac
   log "stopping $(cat "/proc/$pid/comm" 2>/dev/null) (pid $pid), started by its package install"
   kill "$pid" 2>/dev/null || true

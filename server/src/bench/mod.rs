@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 mod fs;
+mod nfs;
 mod nvlog;
 mod raid4;
 
@@ -27,6 +28,8 @@ enum Subsystem {
     Fs,
     /// NVRAM log appends, local and mirrored over loopback.
     Nvlog,
+    /// NFSv3 over loopback: a node with a mirroring partner (or --server), our client.
+    Nfs(nfs::NfsArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -34,6 +37,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Subsystem::Raid4 => raid4::run(args.quick, &args.dir),
         Subsystem::Fs => fs::run(args.quick, &args.dir),
         Subsystem::Nvlog => nvlog::run(args.quick),
+        Subsystem::Nfs(a) => nfs::run(a, args.quick, &args.dir),
     }
 }
 
