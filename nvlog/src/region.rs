@@ -30,6 +30,12 @@ pub enum PersistMode {
     FsDaxMapSync(FlushInsn),
     /// Plain shared file mapping: msync(MS_SYNC) of the written pages.
     FileMsync,
+    /// Plain shared mapping of a file on tmpfs/ramfs (e.g. `/dev/shm`): a store into the
+    /// mapping *is* the page-cache page, so it survives a crash of the process the moment
+    /// it is made, and nothing (msync included) makes it survive the host. msync there is
+    /// a syscall that writes nothing (`noop_fsync`), so the barrier is only a fence that
+    /// keeps the records' stores before the committed-end store.
+    FileTmpfs,
     /// Anonymous memory (tests and simulation only): nothing survives the process.
     Memory,
 }
@@ -40,6 +46,7 @@ impl std::fmt::Display for PersistMode {
             PersistMode::DevDax(i) => write!(f, "devdax+{}+sfence", i.name()),
             PersistMode::FsDaxMapSync(i) => write!(f, "fsdax-map_sync+{}+sfence", i.name()),
             PersistMode::FileMsync => write!(f, "file+msync"),
+            PersistMode::FileTmpfs => write!(f, "file+tmpfs"),
             PersistMode::Memory => write!(f, "memory(volatile)"),
         }
     }
@@ -232,7 +239,12 @@ impl Region {
                     source: std::io::Error::last_os_error(),
                 });
             }
-            (p, PersistMode::FileMsync)
+            let mode = if is_memory_fs(&file) {
+                PersistMode::FileTmpfs
+            } else {
+                PersistMode::FileMsync
+            };
+            (p, mode)
         };
         Ok(Region {
             ptr: ptr.cast(),
@@ -395,7 +407,9 @@ impl Region {
                 // failure here would acknowledge writes that are not durable.
                 assert_eq!(rc, 0, "msync failed: {}", std::io::Error::last_os_error());
             }
-            PersistMode::Memory => std::sync::atomic::fence(Ordering::SeqCst),
+            PersistMode::FileTmpfs | PersistMode::Memory => {
+                std::sync::atomic::fence(Ordering::SeqCst)
+            }
         }
     }
 
@@ -430,6 +444,23 @@ impl Drop for Region {
 }
 
 /// Size of a device-DAX device from sysfs, if readable.
+/// Whether `file` lives on tmpfs or ramfs (pages only in memory: see
+/// [`PersistMode::FileTmpfs`]). Any doubt (fstatfs failing) answers no, keeping msync.
+fn is_memory_fs(file: &File) -> bool {
+    /// `f_type` of tmpfs (and /dev/shm), from linux/magic.h.
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    /// `f_type` of ramfs, from linux/magic.h.
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: fstatfs fills the struct we pass for an fd we hold open.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
+    let f_type = st.f_type as i64;
+    f_type == TMPFS_MAGIC || f_type == RAMFS_MAGIC
+}
+
 fn devdax_size(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let rdev = std::fs::metadata(path).ok()?.rdev();

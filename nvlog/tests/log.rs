@@ -48,7 +48,7 @@ fn append_iterate_replay_round_trip_across_halves_and_reopen() {
     let mut expected = Vec::new();
     {
         let log = standalone(&path);
-        assert_eq!(log.status().persist_mode, "file+msync");
+        assert_eq!(log.status().persist_mode, "file+tmpfs");
         rt.block_on(async {
             for i in 0..1500u64 {
                 let len = (i as usize * 97) % 3000;
@@ -274,4 +274,46 @@ fn full_log_makes_appenders_wait_for_the_cp_and_counts_it() {
         assert_eq!(seq, last + 1);
     });
     assert_eq!(log.status().backpressure_waits, 1);
+}
+
+/// A region file on a disk file system is made durable with msync; on tmpfs (/dev/shm) a
+/// store already is as durable as the medium allows, and the mode says so.
+#[test]
+fn persist_mode_follows_the_file_system_of_the_region() {
+    let dir = shm_dir();
+    let log = standalone(&dir.path().join("region"));
+    assert_eq!(log.status().persist_mode, "file+tmpfs");
+    drop(log);
+    // /var/tmp is a disk file system on our CI machines; skip where it is not.
+    let disk = tempfile::Builder::new()
+        .prefix("nvlog-test")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir in /var/tmp");
+    let on_tmpfs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(disk.path())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "tmpfs")
+        .unwrap_or(true);
+    if on_tmpfs {
+        eprintln!("skipped the msync half: /var/tmp is tmpfs here");
+        return;
+    }
+    let path = disk.path().join("region");
+    let rt = rt();
+    {
+        let log = standalone(&path);
+        assert_eq!(log.status().persist_mode, "file+msync");
+        rt.block_on(async {
+            for i in 0..50u64 {
+                log.append(kind::OP, &payload(i + 1, 700))
+                    .await
+                    .expect("append");
+            }
+        });
+    }
+    let log = standalone(&path);
+    let replay = log.replay_own(0).expect("replay");
+    assert_eq!(replay.records.len(), 50);
+    assert_eq!(replay.records[49].payload, payload(50, 700));
 }

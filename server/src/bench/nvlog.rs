@@ -14,8 +14,11 @@ use nvlog::{kind, Config, MirrorConfig, MirrorKey, MirrorState, Nvlog, SenderCon
 
 use super::report;
 
-/// Record payload of every append.
+/// Record payload of the latency runs and the first throughput run.
 const APPEND_BYTES: usize = 4096;
+/// Record payload of the second throughput run: the size of a Linux client's NFS WRITE under
+/// memory pressure, and a fraction of a 1 MiB one (whose record the node splits no further).
+const LARGE_APPEND_BYTES: usize = 64 << 10;
 /// Concurrent appenders of the throughput run.
 const APPENDERS: usize = 16;
 /// Half size of the benchmark regions (32 MiB: a CP every ~8k appends).
@@ -105,18 +108,27 @@ fn run_in(dir: &Path, sizes: &Sizes) -> anyhow::Result<()> {
 
     let before = a.status();
     let cpu_before = cpu_secs();
+    let switches_before = voluntary_switches();
     // Multi-threaded like the node's runtime.
     let mt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mbps = mt.block_on(throughput_mbps(&a, sizes.throughput_secs))?;
+    let mbps = mt.block_on(throughput_mbps(&a, sizes.throughput_secs, APPEND_BYTES))?;
     report("nvlog.mirrored_MBps", mbps, "MB/s");
     let cpu = cpu_secs() - cpu_before;
+    let switches = voluntary_switches() - switches_before;
     let st = a.status();
+    let appends = (st.appends - before.appends).max(1) as f64;
     eprintln!(
         "nvlog bench: throughput run used {:.1} us of CPU (both nodes) per append",
-        cpu * 1e6 / (st.appends - before.appends).max(1) as f64
+        cpu * 1e6 / appends
+    );
+    // Thread hand-offs (a thread sleeping for a socket, a futex or the runtime's park):
+    // less sensitive to a busy machine than CPU time.
+    eprintln!(
+        "nvlog bench: throughput run: {:.2} voluntary context switches per append",
+        switches as f64 / appends
     );
     anyhow::ensure!(
         st.mirror == MirrorState::InSync,
@@ -129,6 +141,12 @@ fn run_in(dir: &Path, sizes: &Sizes) -> anyhow::Result<()> {
         st.group_commits - before.group_commits,
         st.backpressure_waits - before.backpressure_waits
     );
+    let mbps = mt.block_on(throughput_mbps(
+        &a,
+        sizes.throughput_secs,
+        LARGE_APPEND_BYTES,
+    ))?;
+    report("nvlog.mirrored_64k_MBps", mbps, "MB/s");
     Ok(())
 }
 
@@ -168,7 +186,7 @@ async fn latencies(log: &Nvlog, n: usize) -> anyhow::Result<Vec<f64>> {
     Ok(out)
 }
 
-async fn throughput_mbps(log: &Nvlog, secs: f64) -> anyhow::Result<f64> {
+async fn throughput_mbps(log: &Nvlog, secs: f64, append_bytes: usize) -> anyhow::Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let cp = {
         let (log, stop) = (log.clone(), stop.clone());
@@ -184,11 +202,11 @@ async fn throughput_mbps(log: &Nvlog, secs: f64) -> anyhow::Result<f64> {
     for _ in 0..APPENDERS {
         let (log, stop) = (log.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let payload = vec![0xa5u8; APPEND_BYTES];
+            let payload = vec![0xa5u8; append_bytes];
             let mut bytes = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 log.append(kind::OP, &payload).await?;
-                bytes += APPEND_BYTES as u64;
+                bytes += append_bytes as u64;
             }
             anyhow::Ok(bytes)
         }));
@@ -256,6 +274,14 @@ fn loopback_rtt_us(rounds: usize) -> anyhow::Result<f64> {
         percentile(&rtts, 99.0)
     );
     Ok(percentile(&rtts, 50.0))
+}
+
+/// Voluntary context switches of this process so far (all threads).
+fn voluntary_switches() -> u64 {
+    // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF is always valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_nvcsw as u64
 }
 
 /// User + system CPU seconds of this process so far.
