@@ -12,7 +12,7 @@ use crate::error::FsError;
 use crate::fs::{lock, Fs, Live, Snap, SnapInfo};
 use crate::store::{StripeStore, BLOCK_SIZE};
 use crate::superblock::{Blob, Superblock, FMAP_INDEX_PTRS_MAX, SNAPTABLE_PTRS_MAX};
-use crate::tree::{encode_node, Content, Io, Node, Slot, Value};
+use crate::tree::{encode_node, Content, Io, Node, Slot, Value, Written};
 
 /// Most snapshots at once.
 pub const SNAPSHOTS_MAX: usize = 200;
@@ -940,11 +940,14 @@ impl Fs {
         cps.snaptable = snaptable.ptrs;
         for b in release.into_iter().chain(to_free) {
             cps.alloc.release(b);
+            io.cache.forget(b); // memory only: entries are checked against birth and checksum
         }
         cps.committed_root = Some(root);
         for s in &written {
-            if s.evict_data() {
-                io.note_cached(s);
+            match s.evict_data() {
+                Written::Node => io.note_cached(s),
+                Written::Data(p, d) => io.cache.insert(&p, d),
+                Written::Other => {}
             }
         }
         {

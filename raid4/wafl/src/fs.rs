@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::alloc::Alloc;
+use crate::cache::CacheStats;
 use crate::codec::{name_hash, BlockPtr};
 use crate::cp::{CpState, CpStats};
 use crate::error::FsError;
@@ -14,6 +15,17 @@ use crate::types::*;
 
 /// Longest run of consecutive blocks read with one call (1 MiB).
 const READ_RUN_BLOCKS_MAX: usize = 256;
+
+/// Most bytes XDR pads opaque data with (to a multiple of 4).
+const XDR_PAD_BYTES_MAX: usize = 3;
+
+/// Where `Fs::read` finds one block.
+enum Src {
+    /// Dirty in the tree, or in the data-block cache.
+    Mem(Arc<Vec<u8>>),
+    /// On disk, to be read and verified.
+    Disk(BlockPtr),
+}
 
 /// Dirty data beyond `cp_dirty_bytes_max` times this makes the writing caller run a CP.
 const DIRTY_THROTTLE_FACTOR: u64 = 2;
@@ -33,6 +45,9 @@ pub struct FsConfig {
     pub cp_write_batch_bytes_max: usize,
     /// Clean tree nodes cached in memory, at most.
     pub nodes_cached_max: usize,
+    /// Bytes of clean file data blocks cached in memory, at most (0: no data cache; see
+    /// `CACHE_BYTES_MAX_DEFAULT` for the default's reasoning).
+    pub data_cache_bytes_max: u64,
 }
 
 impl Default for FsConfig {
@@ -42,6 +57,7 @@ impl Default for FsConfig {
             cp_dirty_bytes_max: 256 << 20,
             cp_write_batch_bytes_max: 16 << 20,
             nodes_cached_max: crate::tree::NODES_CACHED_MAX_DEFAULT,
+            data_cache_bytes_max: crate::cache::CACHE_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -200,8 +216,7 @@ impl Fs {
             free_blocks,
         };
         let cp = CpState::new(alloc, fs_id);
-        let mut io = Io::new(store);
-        io.nodes_cached_max = config.nodes_cached_max;
+        let io = Io::new(store).with_config(&config);
         let fs = Fs::from_parts(Arc::new(io), live, cp, config);
         fs.cp()?;
         Ok(fs)
@@ -209,11 +224,14 @@ impl Fs {
 
     /// Mounts the newest valid root of a store.
     pub fn mount(store: Arc<dyn StripeStore>, config: FsConfig) -> Result<Fs, FsError> {
-        let mut io = Io::new(store);
-        io.nodes_cached_max = config.nodes_cached_max;
-        let io = Arc::new(io);
+        let io = Arc::new(Io::new(store).with_config(&config));
         let (live, cp) = crate::cp::load(&io)?;
         Ok(Fs::from_parts(io, live, cp, config))
+    }
+
+    /// Counters of the data-block cache.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.io.cache.stats()
     }
 
     /// The configuration.
@@ -423,7 +441,10 @@ impl Fs {
         let end = i
             .size
             .min(offset.saturating_add(len.min(WRITE_BYTES_MAX) as u64));
-        let mut out = vec![0u8; (end - offset) as usize];
+        let n = (end - offset) as usize;
+        // Room for XDR's padding to 4 bytes, so a front-end can append it without copying.
+        let mut out = Vec::with_capacity(n + XDR_PAD_BYTES_MAX);
+        out.resize(n, 0u8); // holes read as zeros
         let bs = BLOCK_SIZE as u64;
         let (first, last) = (offset / bs, (end - 1) / bs);
         let mut blocks = Vec::new();
@@ -446,18 +467,15 @@ impl Fs {
             out[(from - offset) as usize..(to - offset) as usize]
                 .copy_from_slice(&data[(from - bstart) as usize..(to - bstart) as usize]);
         };
-        // Blocks a CP wrote together sit at consecutive addresses: read each such run with
-        // one call instead of one round trip per 4 KiB.
-        let mut k = 0;
-        while k < blocks.len() {
-            let (bi, s) = &blocks[k];
-            let ptr = match (s.content(), s.ptr()) {
-                (Some(Content::Data(d)), _) => {
-                    copy_out(*bi, &d);
-                    k += 1;
-                    continue;
-                }
-                (_, Some(p)) => p,
+        // Where each block comes from: memory (dirty or cached) or the disks.
+        let mut srcs = Vec::with_capacity(blocks.len());
+        for (bi, s) in &blocks {
+            let src = match (s.content(), s.ptr()) {
+                (Some(Content::Data(d)), _) => Src::Mem(d),
+                (_, Some(p)) => match self.io.cache.get(&p) {
+                    Some(d) => Src::Mem(d),
+                    None => Src::Disk(p),
+                },
                 _ => {
                     return Err(FsError::Corrupt(format!(
                         "inode {}: data block without content or address",
@@ -465,22 +483,36 @@ impl Fs {
                     )))
                 }
             };
+            srcs.push((*bi, src));
+        }
+        // Blocks a CP wrote together sit at consecutive addresses: read each such run with
+        // one call instead of one round trip per 4 KiB.
+        let mut k = 0;
+        while k < srcs.len() {
+            let (bi, ptr) = match &srcs[k] {
+                (bi, Src::Mem(d)) => {
+                    copy_out(*bi, d);
+                    k += 1;
+                    continue;
+                }
+                (bi, Src::Disk(p)) => (*bi, *p),
+            };
             let mut ptrs = vec![ptr];
-            while k + ptrs.len() < blocks.len() && ptrs.len() < READ_RUN_BLOCKS_MAX {
-                let (nbi, ns) = &blocks[k + ptrs.len()];
-                match (ns.content(), ns.ptr()) {
-                    (None, Some(p))
-                        if p.addr == ptr.addr + ptrs.len() as u64
-                            && *nbi == bi + ptrs.len() as u64 =>
-                    {
-                        ptrs.push(p)
+            while k + ptrs.len() < srcs.len() && ptrs.len() < READ_RUN_BLOCKS_MAX {
+                let n = ptrs.len() as u64;
+                match &srcs[k + ptrs.len()] {
+                    (nbi, Src::Disk(p)) if p.addr == ptr.addr + n && *nbi == bi + n => {
+                        ptrs.push(*p)
                     }
                     _ => break,
                 }
             }
             let run = self.io.read_verified_run(&ptrs, "data block")?;
-            for (n, data) in run.chunks_exact(BLOCK_SIZE).enumerate() {
+            for (n, (p, data)) in ptrs.iter().zip(run.chunks_exact(BLOCK_SIZE)).enumerate() {
                 copy_out(bi + n as u64, data);
+                if self.io.cache.enabled() {
+                    self.io.cache.insert(p, Arc::new(data.to_vec()));
+                }
             }
             k += ptrs.len();
         }

@@ -36,6 +36,7 @@
 //! ```
 
 mod alloc;
+mod cache;
 mod codec;
 mod cp;
 mod error;
@@ -49,6 +50,7 @@ mod superblock;
 mod tree;
 mod types;
 
+pub use cache::{CacheStats, CACHE_BYTES_MAX_DEFAULT, CACHE_SHARDS_MAX};
 pub use codec::{BlockPtr, DecodeError};
 pub use cp::{CpDriver, CpReport, CpStats, SNAPSHOTS_MAX, SNAP_NAME_BYTES_MAX};
 pub use error::FsError;

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::cache::BlockCache;
 use crate::codec::{block_checksum, BlockPtr, DecodeError, Reader, Writer, PTR_BYTES};
 use crate::error::FsError;
 use crate::store::{StripeStore, BLOCK_SIZE};
@@ -187,18 +188,21 @@ impl Slot {
             *self.content.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
-    /// After the CP that wrote this slot: drops the content if it is a file data block
-    /// (data is not cached) and tells whether it holds a node (which stays cached). One lock
-    /// per slot: the CP runs this for every block it wrote.
-    pub(crate) fn evict_data(&self) -> bool {
+    /// After the CP that wrote this slot: takes the content out if it is a file data block
+    /// (it moves to the data-block cache, which bounds it) and tells what the slot holds.
+    /// One lock per slot: the CP runs this for every block it wrote.
+    pub(crate) fn evict_data(&self) -> Written {
         let mut c = self.content.lock().unwrap_or_else(|e| e.into_inner());
-        match &*c {
-            Some(Content::Data(_)) if self.ptr.get().is_some() => {
-                *c = None;
-                false
+        match (&*c, self.ptr.get()) {
+            (Some(Content::Data(_)), Some(p)) => {
+                let p = *p;
+                match c.take() {
+                    Some(Content::Data(d)) => Written::Data(p, d),
+                    _ => unreachable!("matched as data above"),
+                }
             }
-            Some(Content::Node(_)) => true,
-            _ => false,
+            (Some(Content::Node(_)), _) => Written::Node,
+            _ => Written::Other,
         }
     }
     /// The node in this slot, read and verified from disk if not in memory.
@@ -226,8 +230,9 @@ impl Slot {
         io.note_cached(self);
         Ok(node)
     }
-    /// The data block in this slot, read and verified from disk if not in memory.
-    /// Data blocks are not cached after a read (file data would fill memory).
+    /// The data block in this slot: its dirty content, else from the data-block cache, else
+    /// read and verified from disk (and then cached; the slot itself keeps only dirty data,
+    /// so the cache's bound is the bound of clean data in memory).
     pub fn data(&self, io: &Io) -> Result<Arc<Vec<u8>>, FsError> {
         let c = self.content.lock().unwrap_or_else(|e| e.into_inner());
         match &*c {
@@ -240,8 +245,18 @@ impl Slot {
             .ptr
             .get()
             .ok_or_else(|| FsError::Corrupt("slot without content or pointer".into()))?;
-        Ok(Arc::new(io.read_verified(ptr, "data block")?))
+        io.read_data(ptr)
     }
+}
+
+/// What a CP-written slot held (see [`Slot::evict_data`]).
+pub(crate) enum Written {
+    /// A node: it stays in the slot, bounded by the node cache.
+    Node,
+    /// A data block, taken out of the slot, and where it now is on disk.
+    Data(BlockPtr, Arc<Vec<u8>>),
+    /// Nothing in memory.
+    Other,
 }
 
 /// Default bound of clean tree nodes kept in memory (about 4-8 KiB each); older ones are
@@ -261,6 +276,8 @@ pub struct Io {
     pub checksum_errors: AtomicU64,
     /// Blocks read.
     pub blocks_read: AtomicU64,
+    /// Clean file data blocks (disabled unless set up by the mount).
+    pub cache: BlockCache,
 }
 
 impl Io {
@@ -272,7 +289,25 @@ impl Io {
             nodes_cached_max: NODES_CACHED_MAX_DEFAULT,
             checksum_errors: AtomicU64::new(0),
             blocks_read: AtomicU64::new(0),
+            cache: BlockCache::new(0),
         }
+    }
+
+    /// Applies the cache bounds of a mount.
+    pub fn with_config(mut self, config: &crate::fs::FsConfig) -> Io {
+        self.nodes_cached_max = config.nodes_cached_max;
+        self.cache = BlockCache::new(config.data_cache_bytes_max);
+        self
+    }
+
+    /// One data block by its pointer: from the cache, else read, verified and cached.
+    pub fn read_data(&self, ptr: &BlockPtr) -> Result<Arc<Vec<u8>>, FsError> {
+        if let Some(d) = self.cache.get(ptr) {
+            return Ok(d);
+        }
+        let d = Arc::new(self.read_verified(ptr, "data block")?);
+        self.cache.insert(ptr, d.clone());
+        Ok(d)
     }
 
     /// Reads one block and checks it against its pointer; a mismatch is an IO error for

@@ -26,6 +26,10 @@ const DISK_HEADER_SLACK_BYTES: u64 = 16 << 20;
 const FILE_STRIPE_DATA_BLOCKS: usize = 8;
 /// Bytes per `write_stripes` call of the baseline (the CP batch bound by default).
 const RAW_BATCH_BYTES: usize = 16 << 20;
+/// 4 KiB random reads per MiB of the data file in the cached-read phase.
+const RAND_READS_PER_MIB: u64 = 256;
+/// Step between random reads, blocks: odd, so it visits every block of a power-of-two file.
+const RAND_STRIDE_BLOCKS: u64 = 7919;
 /// Dirty data that triggers a CP during the write phase.
 const CP_DIRTY_BYTES_MAX: u64 = 64 << 20;
 
@@ -51,9 +55,19 @@ pub fn run(quick: bool, bench_dir: &Path) -> anyhow::Result<()> {
     let raw_mbps = raw_stripe_rate(&*store, plan.data_mib)?;
     report("fs.raw_stripe_write_MBps", raw_mbps, "MB/s");
 
+    // `WAFL_BENCH_DATA_CACHE_MIB` sets the data-block cache (0: off) to compare with and
+    // without it in one build.
+    let data_cache_bytes_max = match std::env::var("WAFL_BENCH_DATA_CACHE_MIB") {
+        Ok(v) => v.parse::<u64>().context("WAFL_BENCH_DATA_CACHE_MIB")? << 20,
+        Err(_) => FsConfig::default().data_cache_bytes_max,
+    };
+    let base = FsConfig {
+        data_cache_bytes_max,
+        ..FsConfig::default()
+    };
     let config = FsConfig {
         cp_dirty_bytes_max: CP_DIRTY_BYTES_MAX,
-        ..FsConfig::default()
+        ..base.clone()
     };
     let fs = Arc::new(Fs::mkfs(store.clone(), now_ns(), config)?);
     let mut seq = 0u64;
@@ -146,7 +160,7 @@ pub fn run(quick: bool, bench_dir: &Path) -> anyhow::Result<()> {
     drop(fs);
     let config = FsConfig {
         cp_dirty_bytes_max: u64::MAX / 4,
-        ..FsConfig::default()
+        ..base.clone()
     };
     let fs = Arc::new(Fs::mount(store.clone(), config)?);
     for i in 0..plan.data_mib {
@@ -173,6 +187,34 @@ pub fn run(quick: bool, bench_dir: &Path) -> anyhow::Result<()> {
         plan.data_mib as f64 * 1.048576 / t.elapsed().as_secs_f64(),
         "MB/s",
     );
+
+    // Reads of a fresh mount (empty data-block cache): from the disks, then the same again
+    // from memory, then 4 KiB random reads of the cached file.
+    let cold = Fs::mount(store.clone(), base)?;
+    for (name, pass) in [("fs.read_cold_MBps", 0), ("fs.read_again_MBps", 1)] {
+        let t = Instant::now();
+        for i in 0..plan.data_mib {
+            let (b, _) = cold.read(&f, i << 20, 1 << 20)?;
+            anyhow::ensure!(b == chunk, "read pass {pass} differs at MiB {i}");
+        }
+        let mbps = plan.data_mib as f64 * 1.048576 / t.elapsed().as_secs_f64();
+        report(name, mbps, "MB/s");
+    }
+    let reads = plan.data_mib * RAND_READS_PER_MIB;
+    let blocks = plan.data_mib << 20 >> 12;
+    let t = Instant::now();
+    for n in 0..reads {
+        let b = n.wrapping_mul(RAND_STRIDE_BLOCKS) % blocks;
+        let (d, _) = cold.read(&f, b << 12, 4096)?;
+        anyhow::ensure!(d.len() == 4096, "short 4 KiB read at block {b}");
+    }
+    report(
+        "fs.rand_read_4k_cached_per_s",
+        reads as f64 / t.elapsed().as_secs_f64(),
+        "ops/s",
+    );
+    eprintln!("bench fs: data-block cache {:?}", cold.cache_stats());
+    drop(cold);
 
     let t = Instant::now();
     for i in 0..plan.files {
