@@ -113,6 +113,9 @@ pub struct NodeConfig {
     /// Exports (the TOML key is `[[export]]`, one table per export).
     #[serde(default, rename = "export")]
     pub exports: Vec<ExportConfig>,
+    /// The operator console (web UI, JSON API, metrics); absent = no console.
+    #[serde(default)]
+    pub console: Option<ConsoleSection>,
     /// Where this configuration came from (set by [`NodeConfig::load`], for messages).
     #[serde(skip)]
     pub source: PathBuf,
@@ -167,6 +170,110 @@ pub struct MirrorSection {
     pub degraded_after_ms: u64,
 }
 
+/// The operator console: where it listens and who may use it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSection {
+    /// The management address the console binds (only this one); port 0 = any free port.
+    pub listen: SocketAddr,
+    /// Administrator login name.
+    #[serde(default = "admin_user_default")]
+    pub admin_user: String,
+    /// Argon2 PHC string of the administrator password (`twinfiler demo` makes one); empty
+    /// disables password login (API tokens still work).
+    #[serde(default)]
+    pub admin_password_argon2: String,
+    /// API tokens: `{ name = "ci", blake3_hex = "..." }`, the BLAKE3 hash of each token.
+    #[serde(default)]
+    pub api_tokens: Vec<web_ui::ApiToken>,
+    /// A file of more tokens, one `NAME BLAKE3_HEX` per line (`#` comments allowed).
+    #[serde(default)]
+    pub api_tokens_file: Option<PathBuf>,
+    /// Require authentication for `/metrics` too.
+    #[serde(default)]
+    pub metrics_require_auth: bool,
+    /// The partner's console URL (`http://127.0.0.12:8080`): the node polls its status for
+    /// the partner's card. Needs `partner_token_file`.
+    #[serde(default)]
+    pub partner_url: Option<String>,
+    /// A file holding an API token the partner's console accepts (the token itself, mode
+    /// 0600).
+    #[serde(default)]
+    pub partner_token_file: Option<PathBuf>,
+}
+
+/// Largest API token file read.
+const API_TOKENS_FILE_BYTES_MAX: u64 = 1 << 20;
+/// Length of a BLAKE3 hex digest.
+const BLAKE3_HEX_CHARS: usize = 64;
+
+impl ConsoleSection {
+    /// The console's settings: this section plus the tokens of `api_tokens_file`.
+    pub fn console_config(&self) -> Result<web_ui::ConsoleConfig, String> {
+        let mut tokens = self.api_tokens.clone();
+        if let Some(path) = &self.api_tokens_file {
+            tokens.extend(read_token_file(path)?);
+        }
+        for t in &tokens {
+            check_token_hash(t)?;
+        }
+        Ok(web_ui::ConsoleConfig {
+            admin_user: self.admin_user.clone(),
+            admin_password_argon2: self.admin_password_argon2.clone(),
+            api_tokens: tokens,
+            metrics_require_auth: self.metrics_require_auth,
+            ..web_ui::ConsoleConfig::default()
+        })
+    }
+}
+
+fn check_token_hash(t: &web_ui::ApiToken) -> Result<(), String> {
+    let hex_ok = t.blake3_hex.len() == BLAKE3_HEX_CHARS
+        && t.blake3_hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if t.name.is_empty() || !hex_ok {
+        return Err(format!(
+            "API token {:?}: needs a name and `blake3_hex` = {BLAKE3_HEX_CHARS} lowercase hex \
+             characters (the hash of the token, never the token itself)",
+            t.name
+        ));
+    }
+    Ok(())
+}
+
+/// Reads `NAME BLAKE3_HEX` lines.
+fn read_token_file(path: &Path) -> Result<Vec<web_ui::ApiToken>, String> {
+    let err = |e: String| format!("API token file {}: {e}", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if meta.len() > API_TOKENS_FILE_BYTES_MAX {
+        return Err(err(format!(
+            "over the {API_TOKENS_FILE_BYTES_MAX}-byte bound"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let mut tokens = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), Some(hash), None) => tokens.push(web_ui::ApiToken {
+                name: name.to_string(),
+                blake3_hex: hash.to_string(),
+            }),
+            _ => return Err(err(format!("line {}: expected `NAME BLAKE3_HEX`", i + 1))),
+        }
+    }
+    Ok(tokens)
+}
+
+fn admin_user_default() -> String {
+    "admin".to_string()
+}
+
 /// The NFS front-end: listeners and transport bounds. Transport bounds default to
 /// `twinfiler_rpc::ServerConfig::default()`.
 #[derive(Clone, Debug, Deserialize)]
@@ -211,6 +318,9 @@ pub struct NfsSection {
     /// At shutdown, calls in flight get this long to finish, ms.
     #[serde(default = "stop_grace_ms_default")]
     pub stop_grace_ms: u64,
+    /// At start, create the missing directories of every export path (root's, mode 0755).
+    #[serde(default)]
+    pub create_export_dirs: bool,
 }
 
 impl NfsSection {
@@ -290,6 +400,13 @@ impl NodeConfig {
         }
         fix(&mut self.aggregate.disks_dir);
         fix(&mut self.nvram.region_path);
+        if let Some(f) = self
+            .console
+            .as_mut()
+            .and_then(|c| c.api_tokens_file.as_mut())
+        {
+            fix(f);
+        }
     }
 
     /// Parses and validates configuration text; `source` names it in errors.
@@ -391,6 +508,28 @@ impl NodeConfig {
             ));
         }
         twinfiler_nfs::Exports::from_config(&self.exports).map_err(|e| bad(e.to_string()))?;
+        if let Some(c) = &self.console {
+            if c.admin_user.is_empty() {
+                return Err(bad("`console.admin_user` must not be empty".into()));
+            }
+            for t in &c.api_tokens {
+                check_token_hash(t).map_err(|e| bad(format!("[console]: {e}")))?;
+            }
+            if c.partner_url.is_some() != c.partner_token_file.is_some() {
+                return Err(bad(
+                    "`console.partner_url` and `console.partner_token_file` go together".into(),
+                ));
+            }
+            if let Some(u) = &c.partner_url {
+                // The client is built without TLS: the console serves plain HTTP on a
+                // management address.
+                if !u.starts_with("http://") {
+                    return Err(bad(format!(
+                        "`console.partner_url` = {u:?} must start with http://"
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 

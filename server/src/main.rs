@@ -23,10 +23,12 @@ enum Command {
     Fsck(cli::fsck::FsckArgs),
     /// Print `name value unit` lines for one subsystem.
     Bench(bench::BenchArgs),
-    /// Run the local demo.
+    /// Run an HA pair of two nodes on this machine (loopback addresses, file-backed disks).
     Demo(cli::demo::DemoArgs),
     /// Run a node: serve NFS from the aggregate named in the configuration until SIGTERM.
     Node(cli::node::NodeArgs),
+    /// Print the pair's status from a node's console API (--url/--token or TWINFILER_URL/TWINFILER_TOKEN).
+    Status(cli::status::StatusArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Demo(a) => cli::demo::run(a),
         Command::Node(a) => cli::node::run(a),
+        Command::Status(a) => cli::status::run(a),
     }
 }
 

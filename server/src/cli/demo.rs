@@ -1,37 +1,121 @@
-//! `twinfiler demo`: a guided run of the layers that have landed, on real disk files.
+//! `twinfiler demo [--dir DIR]`: an HA pair on one machine, two `twinfiler node` processes.
 //!
-//! Node `a`'s aggregate (4 data + 1 parity disk files and a hot spare, sparse) lives in
-//! `DIR/a`; its NVRAM region is a file under `/dev/shm`, mirrored over loopback TCP to a
-//! partner region for node `b`. The demo writes files through the NVRAM log into the
-//! write-anywhere file system, takes a consistency point, fails a disk, reads everything back
-//! from parity, rebuilds onto the spare, scrubs and runs fsck. Running it again resumes the
-//! same aggregate (and replays whatever the log holds past the last consistency point).
-//! The NFS service and the HA pair join this demo as they land.
+//! Node `a` serves export `/a` on 127.0.0.11, node `b` serves `/b` on 127.0.0.12. Each has its
+//! own aggregate of sparse disk files (4 data + 1 parity + 1 spare) under `DIR/a` / `DIR/b`,
+//! an NVRAM region under /dev/shm, and mirrors its log to the other over loopback with the
+//! pair key `DIR/pair.key`. Both run the console on their address, port 8080. The demo
+//! generates the admin password (argon2 hash in the node configs) and an API token, writes
+//! `DIR/credentials` (mode 0600) and `DIR/env`, prints what to do next, waits for both nodes
+//! to serve and their mirrors to be in sync, and stops both cleanly (final CP) on Ctrl-C.
+//! Running it again resumes the same pair: disks, logs, key and credentials persist in DIR.
+//!
+//! As root the nodes use the standard NFS ports (111, 20048, 2049); otherwise, or with
+//! `--high-ports`, they use [`HIGH_PORTS`] and the printed mount commands name the ports.
+//!
+//! Not yet: takeover and giveback (the HA driver is not built; the console refuses them).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
-use nvlog::{kind, Config, MirrorConfig, MirrorKey, MirrorState, Nvlog, SenderConfig};
-use raid4::{AssembleConfig, CreateConfig, DiskSource, Group};
-use wafl::{CreateHow, Fid, Fs, FsConfig, FsOp, NewObj, StripeStore};
+use anyhow::{bail, ensure, Context};
+use tokio::signal::unix::{signal, SignalKind};
+use web_ui::PairStatus;
 
+/// Data disks of each aggregate (one parity disk and one spare are added).
 const DATA_DISKS: usize = 4;
-const DISK_BYTES: u64 = 256 << 20;
-const FILES_PER_RUN: usize = 8;
-const FILE_BYTES: usize = 3 << 20;
-const WRITE_BYTES: usize = 1 << 20;
-const MIRROR_SYNC_WAIT_MS_MAX: u64 = 5_000;
-/// The demo's NVRAM halves are small: a few runs' worth of records between CPs.
-const NVRAM_HALF_BYTES: u64 = 64 << 20;
+/// Size of each sparse disk file, MiB.
+const DISK_MIB: u64 = 256;
+/// NVRAM log half, MiB.
+const NVRAM_HALF_MIB: u64 = 64;
+/// Both nodes must print their serving line within this bound (first start makes the
+/// aggregates).
+const START_MS_MAX: u64 = 120_000;
+/// Both mirrors must be in sync this long after both nodes serve.
+const SYNC_MS_MAX: u64 = 30_000;
+/// How often the demo asks the consoles while waiting.
+const POLL_MS: u64 = 200;
+/// A node must exit this long after SIGTERM; then it is killed.
+const STOP_MS_MAX: u64 = 30_000;
+/// One console request, at most.
+const REQUEST_MS_MAX: u64 = 5_000;
+/// Port of the console on each node's address.
+const CONSOLE_PORT_DEFAULT: u16 = 8080;
+/// NVRAM mirror port on each node's address.
+const MIRROR_PORT: u16 = 7401;
+/// Ports (portmap, MOUNT, NFS) without root or with `--high-ports`.
+pub const HIGH_PORTS: Ports = Ports {
+    portmap: 10111,
+    mount: 10048,
+    nfs: 12049,
+};
+/// The standard ports, used as root.
+const STANDARD_PORTS: Ports = Ports {
+    portmap: 111,
+    mount: 20048,
+    nfs: 2049,
+};
+/// Bytes of the generated admin password (hex-encoded).
+const PASSWORD_BYTES: usize = 12;
+/// Bytes of the pair key.
+const PAIR_KEY_BYTES: usize = 32;
+
+/// The RPC ports of both nodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    /// Portmapper.
+    pub portmap: u16,
+    /// MOUNT.
+    pub mount: u16,
+    /// NFS.
+    pub nfs: u16,
+}
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Where the demo keeps its disks; running again resumes from it.
+    /// Where the demo keeps the pair's disks, configs and credentials; running again resumes.
     #[arg(long, default_value = "/tmp/twinfiler-demo")]
     dir: PathBuf,
+    /// Use high ports even as root (10111 portmap, 10048 MOUNT, 12049 NFS).
+    #[arg(long)]
+    high_ports: bool,
+    /// Console port on both node addresses.
+    #[arg(long, default_value_t = CONSOLE_PORT_DEFAULT)]
+    console_port: u16,
+    /// Start, print, verify (both serving, mirrors in sync, status API), stop: for tests.
+    #[arg(long)]
+    exit_after_start: bool,
+}
+
+/// One node of the demo pair.
+struct Member {
+    name: &'static str,
+    addr: Ipv4Addr,
+    partner_addr: Ipv4Addr,
+}
+
+const MEMBERS: [Member; 2] = [
+    Member {
+        name: "a",
+        addr: Ipv4Addr::new(127, 0, 0, 11),
+        partner_addr: Ipv4Addr::new(127, 0, 0, 12),
+    },
+    Member {
+        name: "b",
+        addr: Ipv4Addr::new(127, 0, 0, 12),
+        partner_addr: Ipv4Addr::new(127, 0, 0, 11),
+    },
+];
+
+/// The operator's credentials (plain text in `DIR/credentials`, hashes in the configs).
+struct Credentials {
+    user: String,
+    password: String,
+    token: String,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -39,254 +123,582 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(demo(&args.dir))
+        .block_on(demo(args))
 }
 
-async fn demo(dir: &Path) -> anyhow::Result<()> {
-    let disks_dir = dir.join("a");
-    std::fs::create_dir_all(&disks_dir)
-        .with_context(|| format!("create {}", disks_dir.display()))?;
+fn is_root() -> bool {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
 
-    step("aggregate");
-    let group = Arc::new(open_or_create_aggregate(&disks_dir).await?);
-    println!("{}", group.status());
-
-    step("file system");
-    let store: Arc<dyn StripeStore> = group.clone();
-    let fs = tokio::task::block_in_place(|| match Fs::mount(store.clone(), FsConfig::default()) {
-        Ok(fs) => Ok(fs),
-        Err(e) => {
-            println!("no file system yet ({e}): making one");
-            Fs::mkfs(store.clone(), now_ns(), FsConfig::default())
-        }
-    })?;
-    println!(
-        "mounted: consistency point applied through log sequence {}",
-        fs.applied_seq()
-    );
-
-    step("NVRAM log, mirrored to the partner over loopback");
-    let (log_a, _log_b) = open_mirrored_pair(dir).await?;
-    let replayed = replay_log(&fs, &log_a)?;
-    println!(
-        "{} — replayed {replayed} records past the last CP",
-        log_a.status().persist_mode
-    );
-
-    step("write files: every op is logged and mirrored before it is applied");
-    let run_no = fs.statfs().files_used;
-    let started = Instant::now();
-    let mut written = Vec::new();
-    for i in 0..FILES_PER_RUN {
-        let name = format!("demo-{run_no}-{i}.bin");
-        let data = pattern(&name, FILE_BYTES);
-        let fid = create_file(&fs, &log_a, &name).await?;
-        // 1 MiB per op, like the largest NFS WRITE: one log record each.
-        for (n, chunk) in data.chunks(WRITE_BYTES).enumerate() {
-            let offset = (n * WRITE_BYTES) as u64;
-            let op = FsOp::Write {
-                target: fid,
-                offset,
-                data: chunk.to_vec(),
-                time_ns: now_ns(),
-            };
-            log_and_apply(&fs, &log_a, op).await?;
-        }
-        written.push((name, data));
-    }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "{} files, {} MiB in {secs:.2} s; mirror {:?}",
-        FILES_PER_RUN,
-        (FILES_PER_RUN * FILE_BYTES) >> 20,
-        log_a.status().mirror
-    );
-
-    step("consistency point");
-    let report = tokio::task::block_in_place(|| fs.cp())?;
-    log_a.release_through(fs.applied_seq());
-    println!("{report:?}");
-
-    step("fail data disk #1, read everything back from parity");
-    group.fail_disk(1, "failed by the demo").await?;
-    println!("{}", group.status().state);
-    verify_files(&fs, &written)?;
-    println!(
-        "all {} files read back correctly while degraded",
-        written.len()
-    );
-
-    step("rebuild onto the hot spare");
-    // The spare named at creation first; later runs add a blank one.
-    let spare = match group.status().spares.is_empty() {
-        true => Some(fresh_spare(&disks_dir)?),
-        false => None,
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    // Signal handlers first: a Ctrl-C during the start still stops both nodes.
+    let mut sigterm = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("resolve {}", args.dir.display()))?;
+    let ports = if is_root() && !args.high_ports {
+        STANDARD_PORTS
+    } else {
+        HIGH_PORTS
     };
-    let rebuilt = group.rebuild(spare.as_deref()).await?;
-    println!("{rebuilt:?}\n{}", group.status().state);
+    ensure_pair_key(&dir.join("pair.key"))?;
+    let creds = load_or_make_credentials(&dir)?;
+    let mut configs = Vec::new();
+    for m in &MEMBERS {
+        configs.push(write_node_config(
+            &dir,
+            m,
+            ports,
+            args.console_port,
+            &creds,
+        )?);
+    }
+    let urls: Vec<String> = MEMBERS
+        .iter()
+        .map(|m| format!("http://{}:{}", m.addr, args.console_port))
+        .collect();
+    write_env(&dir, &urls[0], &creds.token)?;
+    // Each node shows the other's card by polling its console with this token.
+    write_secret(&dir.join("api.token"), creds.token.as_bytes())?;
 
-    step("scrub and fsck");
-    println!("{}", group.scrub().await?);
-    let fsck = tokio::task::block_in_place(|| wafl::fsck::check(store));
-    print!("{fsck}");
-    ensure!(fsck.is_clean(), "fsck found errors");
-    verify_files(&fs, &written)?;
-
-    step("what next");
     println!(
-        "state kept in {}: run the demo again to resume the same aggregate",
+        "starting nodes a (127.0.0.11) and b (127.0.0.12) from {}",
         dir.display()
     );
-    println!(
-        "inspect it: twinfiler aggr status --dir {}",
-        disks_dir.display()
+    let mut pair = Pair::spawn(&dir, &configs)?;
+    let started = tokio::select! {
+        r = pair.wait_serving() => r,
+        _ = sigterm.recv() => Err(anyhow::anyhow!("SIGTERM during start")),
+        _ = sigint.recv() => Err(anyhow::anyhow!("SIGINT during start")),
+    };
+    if let Err(e) = started {
+        if let Err(stop) = pair.stop() {
+            eprintln!("{stop:#}");
+        }
+        return Err(e);
+    }
+    let synced = wait_in_sync(&urls, &creds.token).await;
+    print_next_steps(&dir, ports, &urls, &creds, synced.is_ok());
+    if let Err(e) = &synced {
+        eprintln!("warning: {e:#}");
+    }
+    let outcome = if args.exit_after_start {
+        let verified = match synced {
+            Ok(()) => verify(&urls, &creds.token, ports).await,
+            Err(e) => Err(e),
+        };
+        if verified.is_ok() {
+            println!("demo verified: both nodes serve, mirrors in sync, status API answers");
+        }
+        verified
+    } else {
+        println!("Ctrl-C stops both nodes (final CP); run the demo again to resume the pair.");
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+            name = pair.wait_any_exit() => eprintln!("node {name} exited; stopping the other"),
+        }
+        Ok(())
+    };
+    let stopped = pair.stop();
+    outcome?;
+    stopped
+}
+
+/// Creates the pair key (mode 0600) unless it exists.
+fn ensure_pair_key(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut key = vec![0u8; PAIR_KEY_BYTES];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    write_secret(path, &key)
+}
+
+/// Writes `path` with mode 0600 (replacing it).
+fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("write {}", path.display()))?;
+    // The open mode is filtered by the umask and ignored for an existing file.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 600 {}", path.display()))
+}
+
+/// Reads `DIR/credentials`, or makes new credentials and writes it.
+fn load_or_make_credentials(dir: &Path) -> anyhow::Result<Credentials> {
+    let path = dir.join("credentials");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(user), Some(password), Some(token)) =
+            (field("user"), field("password"), field("token"))
+        {
+            return Ok(Credentials {
+                user,
+                password,
+                token,
+            });
+        }
+        eprintln!("{} is incomplete: making new credentials", path.display());
+    }
+    let mut pw = vec![0u8; PASSWORD_BYTES];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut pw);
+    let creds = Credentials {
+        user: "admin".into(),
+        password: pw.iter().map(|b| format!("{b:02x}")).collect(),
+        token: web_ui::generate_token(),
+    };
+    write_secret(
+        &path,
+        format!(
+            "# twinfiler demo console credentials\nuser={}\npassword={}\ntoken={}\n",
+            creds.user, creds.password, creds.token
+        )
+        .as_bytes(),
+    )?;
+    Ok(creds)
+}
+
+/// Writes `DIR/env`, shell-sourceable (mode 0600: it holds the token).
+fn write_env(dir: &Path, url: &str, token: &str) -> anyhow::Result<()> {
+    write_secret(
+        &dir.join("env"),
+        format!("export TWINFILER_URL={url}\nexport TWINFILER_TOKEN={token}\n").as_bytes(),
+    )
+}
+
+/// The NVRAM region of a node: under /dev/shm, named after the demo dir so two demos in
+/// different dirs do not share regions, and stable so a rerun resumes the log.
+fn nvram_path(dir: &Path, name: &str) -> PathBuf {
+    let tag = blake3::hash(dir.as_os_str().as_encoded_bytes()).to_hex();
+    PathBuf::from(format!(
+        "/dev/shm/twinfiler-demo-{}-{name}.nvram",
+        &tag[..12]
+    ))
+}
+
+/// Writes `DIR/<name>/node.toml` (rewritten every run: ports and the password hash may
+/// change, the state does not).
+fn write_node_config(
+    dir: &Path,
+    m: &Member,
+    ports: Ports,
+    console_port: u16,
+    creds: &Credentials,
+) -> anyhow::Result<PathBuf> {
+    let node_dir = dir.join(m.name);
+    std::fs::create_dir_all(&node_dir).with_context(|| format!("create {}", node_dir.display()))?;
+    let hash = web_ui::hash_password(&creds.password).context("hash the admin password")?;
+    let text = format!(
+        r#"# Written by `twinfiler demo`; rewritten on every run.
+name = "{name}"
+state_dir = "{state}"
+pair_key_file = "{key}"
+cp_interval_ms = 5000
+
+[aggregate]
+disks_dir = "{disks}"
+[aggregate.create]
+data_disks = {DATA_DISKS}
+disk_mib = {DISK_MIB}
+spares = 1
+
+[nvram]
+region_path = "{nvram}"
+half_mib = {NVRAM_HALF_MIB}
+
+[mirror]
+listen = "{addr}:{MIRROR_PORT}"
+partner = "{partner}:{MIRROR_PORT}"
+
+[nfs]
+bind = "{addr}"
+portmap_port = {pm}
+mount_port = {mnt}
+nfs_port = {nfs}
+stop_grace_ms = 5000
+create_export_dirs = true
+
+[[export]]
+path = "/{name}"
+rules = ["127.0.0.0/8(rw,no_root_squash,insecure)"]
+
+[console]
+listen = "{addr}:{console_port}"
+admin_user = "{user}"
+admin_password_argon2 = "{hash}"
+api_tokens = [{{ name = "demo", blake3_hex = "{token_hash}" }}]
+partner_url = "http://{partner}:{console_port}"
+partner_token_file = "{token_file}"
+"#,
+        name = m.name,
+        state = node_dir.join("state").display(),
+        key = dir.join("pair.key").display(),
+        disks = node_dir.join("disks").display(),
+        nvram = nvram_path(dir, m.name).display(),
+        addr = m.addr,
+        partner = m.partner_addr,
+        pm = ports.portmap,
+        mnt = ports.mount,
+        nfs = ports.nfs,
+        user = creds.user,
+        token_hash = web_ui::hash_token(&creds.token),
+        token_file = dir.join("api.token").display(),
     );
-    println!("check it:   twinfiler fsck --dir {}", disks_dir.display());
-    Ok(())
-}
-
-fn step(title: &str) {
-    println!("\n== {title}");
-}
-
-async fn open_or_create_aggregate(dir: &Path) -> anyhow::Result<Group> {
-    let members: Vec<PathBuf> = (0..=DATA_DISKS)
-        .map(|i| dir.join(format!("disk{i}.img")))
-        .collect();
-    if members[0].exists() {
-        let mut cfg = AssembleConfig::new(DiskSource::Dir(dir.to_path_buf()));
-        cfg.allow_degraded = true;
-        return Group::assemble_async(cfg)
-            .await
-            .context("assemble the demo aggregate");
-    }
-    for path in &members {
-        sparse_file(path)?;
-    }
-    let mut cfg = CreateConfig::new(members);
-    cfg.spares = vec![fresh_spare(dir)?];
-    Group::create_async(cfg)
-        .await
-        .context("create the demo aggregate")
-}
-
-/// A new blank spare file: each run of the demo fails a disk and consumes a spare.
-fn fresh_spare(dir: &Path) -> anyhow::Result<PathBuf> {
-    let n = (0..)
-        .find(|n| !dir.join(format!("spare{n}.img")).exists())
-        .unwrap_or(0);
-    let path = dir.join(format!("spare{n}.img"));
-    sparse_file(&path)?;
+    let path = node_dir.join("node.toml");
+    write_secret(&path, text.as_bytes())?;
+    // Catch a broken config here, with the file named, not in a child's log.
+    twinfiler::config::NodeConfig::load(&path)?;
     Ok(path)
 }
 
-fn sparse_file(path: &Path) -> anyhow::Result<()> {
-    let f =
-        std::fs::File::create_new(path).with_context(|| format!("create {}", path.display()))?;
-    f.set_len(DISK_BYTES)?;
-    Ok(())
+/// The two node processes.
+struct Pair {
+    children: Vec<(&'static str, Child)>,
+    /// Serving lines (node name) from the stdout readers.
+    serving: mpsc::Receiver<&'static str>,
 }
 
-/// Node a's log mirrored into node b's region over loopback, as the pair will run it.
-async fn open_mirrored_pair(dir: &Path) -> anyhow::Result<(Nvlog, Nvlog)> {
-    let tag = format!("{:x}", crc32c::crc32c(dir.as_os_str().as_encoded_bytes()));
-    let region = |node: &str| PathBuf::from(format!("/dev/shm/twinfiler-demo-{tag}-{node}.nvram"));
-    let key = MirrorKey::from_passphrase("twinfiler-demo");
-    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let b = Nvlog::open(Config {
-        region_path: region("b"),
-        half_bytes: NVRAM_HALF_BYTES,
-        mirror: Some(MirrorConfig {
-            partner_addr: None,
-            listen_addr: Some(loopback),
-            key: key.clone(),
-            sender: SenderConfig::default(),
-        }),
-        ..Config::default()
-    })?;
-    let b_addr = b.mirror_listen_addr().context("partner mirror listener")?;
-    let a = Nvlog::open(Config {
-        region_path: region("a"),
-        half_bytes: NVRAM_HALF_BYTES,
-        mirror: Some(MirrorConfig {
-            partner_addr: Some(b_addr),
-            listen_addr: None,
-            key,
-            sender: SenderConfig::default(),
-        }),
-        ..Config::default()
-    })?;
-    let deadline = Instant::now() + Duration::from_millis(MIRROR_SYNC_WAIT_MS_MAX);
-    while a.status().mirror != MirrorState::InSync {
-        ensure!(
-            Instant::now() < deadline,
-            "mirror not in sync: {:?}",
-            a.status().mirror
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok((a, b))
-}
-
-/// Re-applies logged ops newer than the mounted CP; applying one twice changes nothing.
-fn replay_log(fs: &Fs, log: &Nvlog) -> anyhow::Result<usize> {
-    let mut n = 0;
-    for record in log.replay_own(fs.applied_seq() + 1)?.records {
-        if record.kind == kind::OP {
-            fs.apply(record.seq, &FsOp::decode(&record.payload)?)?;
-            n += 1;
+impl Pair {
+    fn spawn(dir: &Path, configs: &[PathBuf]) -> anyhow::Result<Pair> {
+        let exe = std::env::current_exe().context("find the twinfiler binary")?;
+        let (tx, serving) = mpsc::channel();
+        let mut pair = Pair {
+            children: Vec::new(),
+            serving,
+        };
+        for (m, config) in MEMBERS.iter().zip(configs) {
+            let log_path = dir.join(m.name).join("node.log");
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("open {}", log_path.display()))?;
+            let spawned = Command::new(&exe)
+                .args(["node", "--config"])
+                .arg(config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .spawn();
+            let mut child = match spawned {
+                Ok(c) => c,
+                Err(e) => {
+                    pair.stop().ok();
+                    return Err(e).with_context(|| format!("start {}", exe.display()));
+                }
+            };
+            let stdout = child.stdout.take().context("child stdout")?;
+            let tx = tx.clone();
+            let name = m.name;
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line.contains(" serving ") {
+                        let _ = tx.send(name);
+                    }
+                }
+            });
+            println!(
+                "node {} started (pid {}), log {}",
+                m.name,
+                child.id(),
+                log_path.display()
+            );
+            pair.children.push((m.name, child));
         }
+        Ok(pair)
     }
-    Ok(n)
-}
 
-async fn log_and_apply(fs: &Fs, log: &Nvlog, op: FsOp) -> anyhow::Result<()> {
-    let seq = log.append(kind::OP, &op.encode()).await?;
-    tokio::task::block_in_place(|| fs.apply(seq, &op))?;
-    Ok(())
-}
-
-async fn create_file(fs: &Fs, log: &Nvlog, name: &str) -> anyhow::Result<Fid> {
-    let (ino, gen) = fs.reserve_inode();
-    let op = FsOp::Create {
-        dir: Fid::ROOT,
-        name: name.as_bytes().to_vec(),
-        new: NewObj {
-            ino,
-            gen,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        },
-        how: CreateHow::Guarded,
-        time_ns: now_ns(),
-    };
-    log_and_apply(fs, log, op).await?;
-    Ok(Fid { ino, gen })
-}
-
-fn verify_files(fs: &Fs, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
-    tokio::task::block_in_place(|| {
-        for (name, data) in files {
-            let attr = fs.lookup(&fs.root(), name.as_bytes())?;
-            let (read, _eof) = fs.read(&attr.handle, 0, data.len())?;
-            ensure!(&read == data, "{name}: contents differ");
+    /// Waits (bounded) for both serving lines; a node that exits first is an error.
+    async fn wait_serving(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_millis(START_MS_MAX);
+        let mut serving = Vec::new();
+        while serving.len() < self.children.len() {
+            while let Ok(name) = self.serving.try_recv() {
+                println!("node {name} serving");
+                serving.push(name);
+            }
+            for (name, child) in &mut self.children {
+                if let Ok(Some(status)) = child.try_wait() {
+                    bail!(
+                        "node {name} exited during start ({status}); see its log {}",
+                        format_args!("DIR/{name}/node.log")
+                    );
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("the nodes did not serve within {START_MS_MAX} ms; see DIR/a/node.log and DIR/b/node.log");
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
         }
         Ok(())
-    })
+    }
+
+    /// Resolves when a node exits by itself; returns its name.
+    async fn wait_any_exit(&mut self) -> &'static str {
+        loop {
+            for (name, child) in &mut self.children {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return name;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+    }
+
+    /// SIGTERM both (clean shutdown: final CP), wait bounded, then SIGKILL what is left.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        for (_, child) in &self.children {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill with a pid we spawned and a valid signal.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(STOP_MS_MAX);
+        let mut unclean = Vec::new();
+        for (name, child) in &mut self.children {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) if status.success() => {
+                        println!("node {name} stopped cleanly");
+                        break;
+                    }
+                    Ok(Some(status)) => {
+                        unclean.push(format!("node {name} exited with {status}"));
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(POLL_MS / 4));
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        unclean.push(format!(
+                            "node {name} did not stop within {STOP_MS_MAX} ms and was killed \
+                             (nothing is lost: the next start replays its NVRAM log)"
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        self.children.clear();
+        ensure!(unclean.is_empty(), "{}", unclean.join("; "));
+        Ok(())
+    }
 }
 
-/// Content that differs per file and per block, so a misplaced block cannot pass.
-fn pattern(name: &str, len: usize) -> Vec<u8> {
-    let seed = crc32c::crc32c(name.as_bytes());
-    (0..len / 4)
-        .flat_map(|i| (seed ^ i as u32).to_le_bytes())
-        .collect()
+impl Drop for Pair {
+    fn drop(&mut self) {
+        if !self.children.is_empty() {
+            let _ = self.stop();
+        }
+    }
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+/// GET /api/v1/status of one console.
+async fn get_status(url: &str, token: &str) -> anyhow::Result<PairStatus> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(REQUEST_MS_MAX))
+        .build()?;
+    let r = client
+        .get(format!("{url}/api/v1/status"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("reach the console {url}"))?;
+    ensure!(r.status().is_success(), "{url}: HTTP {}", r.status());
+    r.json()
+        .await
+        .with_context(|| format!("{url}: parse status"))
+}
+
+/// Waits (bounded) until both consoles report their own mirror in sync and show the
+/// partner's card.
+async fn wait_in_sync(urls: &[String], token: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(SYNC_MS_MAX);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let mut all = true;
+        for url in urls {
+            match get_status(url, token).await {
+                Ok(s) => {
+                    let local = s.nodes.iter().find(|n| n.name == s.local);
+                    // The partner's card comes from polling its console (once a second).
+                    let partner_seen = s
+                        .nodes
+                        .iter()
+                        .any(|n| n.name != s.local && n.state == web_ui::NodeState::Normal);
+                    if !local.is_some_and(|n| n.mirror.in_sync) {
+                        all = false;
+                        last = format!("{url}: mirror not in sync yet");
+                    } else if !partner_seen {
+                        all = false;
+                        last = format!("{url}: the partner's console not seen yet");
+                    }
+                }
+                Err(e) => {
+                    all = false;
+                    last = format!("{e:#}");
+                }
+            }
+        }
+        if all {
+            println!("both mirrors in sync; each console shows its partner");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    }
+    bail!("mirrors not in sync within {SYNC_MS_MAX} ms ({last})")
+}
+
+/// What the check writes into each export (and reads back).
+const CHECK_FILE: &str = "twinfiler-demo-check";
+
+/// The non-interactive check: each console answers for its node, serving its export, and
+/// each export takes a write (through the portmapper, MOUNT and NFS) and reads it back.
+async fn verify(urls: &[String], token: &str, ports: Ports) -> anyhow::Result<()> {
+    for (m, url) in MEMBERS.iter().zip(urls) {
+        let s = get_status(url, token).await?;
+        ensure!(
+            s.local == m.name,
+            "{url} answers as {:?}, not {}",
+            s.local,
+            m.name
+        );
+        let node = s
+            .nodes
+            .iter()
+            .find(|n| n.name == m.name)
+            .context("the status lacks the local node")?;
+        let want = format!("/{}", m.name);
+        ensure!(
+            node.exports
+                .iter()
+                .any(|e| e.path == want
+                    && e.address.parse::<IpAddr>().ok() == Some(IpAddr::V4(m.addr))),
+            "node {} does not report export {want} on {}",
+            m.name,
+            m.addr
+        );
+        let partner = MEMBERS
+            .iter()
+            .find(|p| p.name != m.name)
+            .context("two members")?;
+        ensure!(
+            s.nodes
+                .iter()
+                .any(|n| n.name == partner.name && n.state == web_ui::NodeState::Normal),
+            "node {} does not show its partner {} as normal",
+            m.name,
+            partner.name
+        );
+        nfs_round_trip(m, ports, &want)
+            .await
+            .with_context(|| format!("NFS check of {}:{want}", m.addr))?;
+    }
+    Ok(())
+}
+
+/// Mounts `export` of `m` as root, writes [`CHECK_FILE`] (FILE_SYNC) and reads it back.
+async fn nfs_round_trip(m: &Member, ports: Ports, export: &str) -> anyhow::Result<()> {
+    use twinfiler::nfsclient::{auth_sys, NfsClient, ServerAddr};
+    let server = ServerAddr {
+        ip: IpAddr::V4(m.addr),
+        portmap_port: ports.portmap,
+        mount_port: None,
+        nfs_port: None,
+    };
+    let client = NfsClient::connect(&server, export, auth_sys(0, 0)).await?;
+    let fh = client
+        .create(client.root(), CHECK_FILE, 0o644, true)
+        .await?;
+    let data = format!("written by twinfiler demo to node {}\n", m.name);
+    client
+        .write(
+            &fh,
+            0,
+            data.as_bytes(),
+            twinfiler_proto::nfs3::StableHow::FileSync,
+        )
+        .await?;
+    let (back, _) = client.read(&fh, 0, 4096).await?;
+    ensure!(
+        back == data.as_bytes(),
+        "read back {} bytes that differ",
+        back.len()
+    );
+    println!(
+        "node {}: wrote and read back {export}/{CHECK_FILE} over NFS",
+        m.name
+    );
+    Ok(())
+}
+
+fn print_next_steps(dir: &Path, ports: Ports, urls: &[String], creds: &Credentials, synced: bool) {
+    let port_note = if ports.nfs == STANDARD_PORTS.nfs {
+        "standard NFS ports (111, 20048, 2049)".to_string()
+    } else {
+        format!(
+            "high ports (portmap {}, MOUNT {}, NFS {}): not root, or --high-ports",
+            ports.portmap, ports.mount, ports.nfs
+        )
+    };
+    let opts = if ports.nfs == STANDARD_PORTS.nfs {
+        "vers=3".to_string()
+    } else {
+        format!(
+            "vers=3,proto=tcp,port={},mountproto=tcp,mountport={}",
+            ports.nfs, ports.mount
+        )
+    };
+    println!();
+    println!("twinfiler demo pair is up ({port_note})");
+    println!(
+        "  mirrors: {}",
+        if synced {
+            "in sync"
+        } else {
+            "NOT in sync (see warning)"
+        }
+    );
+    println!("  console: {} (node a)   {} (node b)", urls[0], urls[1]);
+    println!(
+        "  login:   user {}  password {}",
+        creds.user, creds.password
+    );
+    println!("  API token: {}", creds.token);
+    println!(
+        "  (also in {}, mode 0600)",
+        dir.join("credentials").display()
+    );
+    println!(
+        "  status:  . {}; twinfiler status",
+        dir.join("env").display()
+    );
+    println!("  mount (as root):");
+    for m in &MEMBERS {
+        println!(
+            "    mkdir -p /mnt/{n} && mount -t nfs -o {opts} {addr}:/{n} /mnt/{n}",
+            n = m.name,
+            addr = m.addr
+        );
+    }
+    println!("  takeover/giveback: not available yet (the HA takeover driver is not built)");
+    println!();
 }

@@ -4,3 +4,4 @@ pub mod aggr;
 pub mod demo;
 pub mod fsck;
 pub mod node;
+pub mod status;

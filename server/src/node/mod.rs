@@ -8,12 +8,14 @@
 //! 4. build the NFS service (file-handle key from the pair key) and replay the own log
 //!    past the mounted CP: this re-applies the ops and rebuilds the duplicate-request cache;
 //! 5. start the CP driver;
-//! 6. start the RPC listeners and register the programs with the portmapper.
+//! 6. start the RPC listeners and register the programs with the portmapper;
+//! 7. start the operator console on its management address, when `[console]` is configured.
 //!
-//! Shutdown is the reverse: stop accepting and finish the calls in flight, stop the CP
+//! Shutdown is the reverse: stop the console, stop accepting and finish the calls in flight, stop the CP
 //! driver, take a final CP, release the log it covers, close the log.
 
 mod aggregate;
+pub mod console;
 mod cp;
 mod status;
 
@@ -105,6 +107,7 @@ pub struct Node {
     service: Arc<NfsService>,
     rpc: RpcServer,
     listeners: Listeners,
+    console: Option<console::Console>,
     _lock: StateLock,
 }
 
@@ -147,6 +150,17 @@ impl Node {
             ServiceConfig::new(*uuid.as_bytes(), FhKey(key.fh_key_bytes()), exports),
         );
         let (replayed_records, replay_ms) = replay(&service, &log, &storage.fs).await?;
+        if config.nfs.create_export_dirs {
+            // Exports name directories inside the file system; make the missing ones
+            // (logged like any request) so a fresh aggregate can be mounted at once.
+            let created_dirs = service
+                .create_export_dirs()
+                .await
+                .map_err(|e| NodeError::Service(format!("create the export directories: {e}")))?;
+            if !created_dirs.is_empty() {
+                tracing::info!(dirs = ?created_dirs, "created export directories");
+            }
+        }
         tracing::info!(
             node = %config.name,
             records = replayed_records,
@@ -167,9 +181,28 @@ impl Node {
             config.cp_interval_ms,
             cp_record.clone(),
         );
-        let (rpc, listeners) = match serve(&config, &service).await {
+        // Made before the listeners: the NFS program records every call into it.
+        let metrics = Arc::new(web_ui::Metrics::new());
+        let (rpc, listeners) = match serve(&config, &service, &metrics).await {
             Ok(r) => r,
             Err(e) => {
+                cp.stop().await;
+                return Err(e);
+            }
+        };
+        let console = match console::Console::start(console::NodeView {
+            config: config.clone(),
+            group: storage.group.clone(),
+            log: log.clone(),
+            cp_record: cp_record.clone(),
+            service: service.clone(),
+            metrics,
+        })
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                rpc.stop(Duration::ZERO).await;
                 cp.stop().await;
                 return Err(e);
             }
@@ -185,6 +218,7 @@ impl Node {
             service,
             rpc,
             listeners,
+            console,
             _lock: lock,
         };
         tracing::info!("node started\n{}", node.status());
@@ -233,9 +267,22 @@ impl Node {
         self.listeners
     }
 
+    /// The console's bound address, when `[console]` is configured.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console.as_ref().map(|c| c.addr())
+    }
+
+    /// The console backend (its metrics and event log), when `[console]` is configured.
+    pub fn console(&self) -> Option<&Arc<console::NodeConsole>> {
+        self.console.as_ref().map(|c| c.backend())
+    }
+
     /// Stops serving, takes a final CP and closes the log.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
         tracing::info!(node = %self.config.name, "shutting down");
+        if let Some(c) = self.console.take() {
+            c.stop();
+        }
         let grace = Duration::from_millis(self.config.nfs.stop_grace_ms);
         let stopped = self.rpc.stop(grace).await;
         if !stopped.drained {
@@ -299,6 +346,7 @@ async fn replay(service: &Arc<NfsService>, log: &Nvlog, fs: &Fs) -> Result<(u64,
 async fn serve(
     config: &NodeConfig,
     service: &Arc<NfsService>,
+    metrics: &Arc<web_ui::Metrics>,
 ) -> Result<(RpcServer, Listeners), NodeError> {
     let n = &config.nfs;
     let rpc = RpcServer::new(n.server_config())
@@ -306,7 +354,10 @@ async fn serve(
     let pmap = Arc::new(PortmapService::new());
     rpc.register(portmap::PMAP_PROGRAM, pmap.clone());
     rpc.register(mount::MOUNT_PROGRAM, service.mount_program());
-    rpc.register(nfs3::NFS_PROGRAM, service.nfs_program());
+    rpc.register(
+        nfs3::NFS_PROGRAM,
+        console::MeteredProgram::wrap(service.nfs_program(), metrics.clone()),
+    );
     let at = |port| SocketAddr::new(n.bind, port);
     let tcp = |what, addr| {
         let rpc = rpc.clone();

@@ -8,6 +8,7 @@
 mod client;
 mod common;
 mod config;
+mod console;
 mod libnfs;
 mod lifecycle;
 mod long;
