@@ -437,6 +437,27 @@ pub(crate) async fn takeover_dialog(
     )
 }
 
+/// The refusal for a state-changing form without a valid CSRF token or without the
+/// confirmation box ticked; `None` when the form may act.
+fn unconfirmed(
+    who: &Identity,
+    csrf: &Option<String>,
+    confirm: &Option<String>,
+    action: &str,
+) -> Option<Response> {
+    if !who.csrf_ok(csrf.as_deref()) {
+        return Some(csrf_rejected(who));
+    }
+    if confirm.as_deref() != Some("yes") {
+        return Some(error_page(
+            StatusCode::BAD_REQUEST,
+            Some(who),
+            &format!("Tick the confirmation box to {action}."),
+        ));
+    }
+    None
+}
+
 /// Takeover confirmation form.
 #[derive(Deserialize)]
 pub(crate) struct TakeoverForm {
@@ -453,15 +474,8 @@ pub(crate) async fn takeover_start(
     Path(node): Path<String>,
     Form(form): Form<TakeoverForm>,
 ) -> Response {
-    if !who.csrf_ok(form.csrf.as_deref()) {
-        return csrf_rejected(&who);
-    }
-    if form.confirm.as_deref() != Some("yes") {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            Some(&who),
-            "Tick the confirmation box to take over.",
-        );
+    if let Some(refused) = unconfirmed(&who, &form.csrf, &form.confirm, "take over") {
+        return refused;
     }
     let mode = match form.mode.as_str() {
         "graceful" => TakeoverMode::Graceful {
@@ -534,15 +548,8 @@ pub(crate) async fn giveback_start(
     Path(node): Path<String>,
     Form(form): Form<GivebackForm>,
 ) -> Response {
-    if !who.csrf_ok(form.csrf.as_deref()) {
-        return csrf_rejected(&who);
-    }
-    if form.confirm.as_deref() != Some("yes") {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            Some(&who),
-            "Tick the confirmation box to give back.",
-        );
+    if let Some(refused) = unconfirmed(&who, &form.csrf, &form.confirm, "give back") {
+        return refused;
     }
     let actor = who.actor();
     tracing::info!(target_node = %node, %actor, "giveback requested from console");

@@ -259,34 +259,34 @@ impl DiskBlockReservation {
             }
             None => {}
         }
-        let keys = Self::with_key(&rec.keys, self.key).ok_or(ReserveError::TooManyKeys {
+        let next = self.held_by_us(rec, |_| true)?;
+        self.acquire(next, started, self.timing.settle_ms)
+    }
+
+    /// The successor of `rec` (next generation) with us as holder, keeping the registered
+    /// keys that `keep` accepts and adding ours.
+    fn held_by_us(
+        &self,
+        rec: ReservationRecord,
+        keep: impl Fn(ReservationKey) -> bool,
+    ) -> Result<ReservationRecord, ReserveError> {
+        let kept: Vec<ReservationKey> = rec.keys.iter().copied().filter(|&k| keep(k)).collect();
+        let keys = Self::with_key(&kept, self.key).ok_or(ReserveError::TooManyKeys {
             path: self.path.clone(),
             max: REGISTERED_KEYS_MAX,
         })?;
-        let next = ReservationRecord {
+        Ok(ReservationRecord {
             generation: rec.generation + 1,
             holder: Some(self.key),
             keys,
             ..rec
-        };
-        self.acquire(next, started, self.timing.settle_ms)
+        })
     }
 
     fn preempt_once(&mut self, victim: ReservationKey) -> Result<u64, ReserveError> {
         let started = Instant::now();
         let rec = self.read_record()?;
-        let remaining: Vec<ReservationKey> =
-            rec.keys.iter().copied().filter(|&k| k != victim).collect();
-        let keys = Self::with_key(&remaining, self.key).ok_or(ReserveError::TooManyKeys {
-            path: self.path.clone(),
-            max: REGISTERED_KEYS_MAX,
-        })?;
-        let next = ReservationRecord {
-            generation: rec.generation + 1,
-            holder: Some(self.key),
-            keys,
-            ..rec
-        };
+        let next = self.held_by_us(rec, |k| k != victim)?;
         // The fence wait covers the settle delay too: one wait, then the read-back.
         let wait_ms = self.timing.fence_wait_ms.max(self.timing.settle_ms);
         self.acquire(next, started, wait_ms)

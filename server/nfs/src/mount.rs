@@ -75,8 +75,19 @@ impl NfsService {
     /// The root directory of an export (looked up component by component from the file
     /// system root).
     pub(crate) fn export_root(&self, export: &Export) -> Result<Attr, FsError> {
-        let mut a = self.fs.getattr(&self.fs.root())?;
-        for comp in export.components() {
+        let root = self.fs.getattr(&self.fs.root())?;
+        self.walk_dirs(root, export.components())
+    }
+
+    /// Follows `components` from the directory `start`; every step, and the end, must be a
+    /// directory.
+    fn walk_dirs<'c>(
+        &self,
+        start: Attr,
+        components: impl IntoIterator<Item = &'c str>,
+    ) -> Result<Attr, FsError> {
+        let mut a = start;
+        for comp in components {
             if a.kind != FileType::Directory {
                 return Err(FsError::NotDir);
             }
@@ -244,18 +255,9 @@ impl NfsService {
             tracing::info!(peer = %call.peer, path, "mount refused by the export rules");
             return MountRes3::Err(MountStat3::Acces);
         }
-        let root = self.export_root(export).and_then(|mut a| {
-            for comp in &below {
-                if a.kind != FileType::Directory {
-                    return Err(FsError::NotDir);
-                }
-                a = self.fs.lookup(&a.handle, comp.as_bytes())?;
-            }
-            if a.kind != FileType::Directory {
-                return Err(FsError::NotDir);
-            }
-            Ok(a)
-        });
+        let root = self
+            .export_root(export)
+            .and_then(|a| self.walk_dirs(a, below.iter().map(String::as_str)));
         let root = match root {
             Ok(a) => a,
             Err(FsError::NotFound) => return MountRes3::Err(MountStat3::Noent),

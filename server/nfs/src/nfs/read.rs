@@ -309,13 +309,7 @@ impl NfsService {
             refused |= !ok;
             ok
         })?;
-        if refused && enc.entries() == 0 {
-            return Err((NfsStat3::Toosmall, Some(r.handle)));
-        }
-        Ok(Done {
-            status: NfsStat3::Ok,
-            reply: Reply::from_vec(enc.finish(end)),
-        })
+        listing_done(refused, enc.entries(), r.handle, || enc.finish(end))
     }
 
     fn readdirplus(
@@ -350,13 +344,7 @@ impl NfsService {
             refused |= !ok;
             ok
         })?;
-        if refused && enc.entries() == 0 {
-            return Err((NfsStat3::Toosmall, Some(r.handle)));
-        }
-        Ok(Done {
-            status: NfsStat3::Ok,
-            reply: Reply::from_vec(enc.finish(end)),
-        })
+        listing_done(refused, enc.entries(), r.handle, || enc.finish(end))
     }
 
     fn fsstat(&self, c: &Caller, a: FsRootArgs) -> Result<Done, (NfsStat3, Option<Handle>)> {
@@ -441,4 +429,21 @@ impl NfsService {
             },
         ))
     }
+}
+
+/// Ends a READDIR(PLUS): a reply too small for even one entry is NFS3ERR_TOOSMALL (RFC 1813),
+/// else the encoded page.
+fn listing_done(
+    refused: bool,
+    entries: usize,
+    dir: Handle,
+    finish: impl FnOnce() -> Vec<u8>,
+) -> Result<Done, (NfsStat3, Option<Handle>)> {
+    if refused && entries == 0 {
+        return Err((NfsStat3::Toosmall, Some(dir)));
+    }
+    Ok(Done {
+        status: NfsStat3::Ok,
+        reply: Reply::from_vec(finish()),
+    })
 }
