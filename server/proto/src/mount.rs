@@ -173,11 +173,7 @@ impl Xdr for Exports {
         for e in &self.0 {
             out.put_bool(true);
             e.dir.encode(out);
-            for g in &e.groups {
-                out.put_bool(true);
-                g.encode(out);
-            }
-            out.put_bool(false);
+            crate::xdr::put_list(out, &e.groups);
         }
         out.put_bool(false);
     }

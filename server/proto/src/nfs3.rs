@@ -1077,11 +1077,7 @@ impl Xdr for ReaddirResOk {
     fn encode(&self, out: &mut Vec<u8>) {
         self.dir_attributes.encode(out);
         self.cookieverf.encode(out);
-        for e in &self.entries {
-            out.put_bool(true);
-            e.encode(out);
-        }
-        out.put_bool(false);
+        crate::xdr::put_list(out, &self.entries);
         out.put_bool(self.eof);
     }
     fn decode(dec: &mut Decoder<'_>) -> XdrResult<Self> {
@@ -1161,11 +1157,7 @@ impl Xdr for ReaddirplusResOk {
     fn encode(&self, out: &mut Vec<u8>) {
         self.dir_attributes.encode(out);
         self.cookieverf.encode(out);
-        for e in &self.entries {
-            out.put_bool(true);
-            e.encode(out);
-        }
-        out.put_bool(false);
+        crate::xdr::put_list(out, &self.entries);
         out.put_bool(self.eof);
     }
     fn decode(dec: &mut Decoder<'_>) -> XdrResult<Self> {

@@ -144,11 +144,7 @@ pub struct PmapList(pub Vec<Mapping>);
 
 impl Xdr for PmapList {
     fn encode(&self, out: &mut Vec<u8>) {
-        for m in &self.0 {
-            out.put_bool(true);
-            m.encode(out);
-        }
-        out.put_bool(false);
+        crate::xdr::put_list(out, &self.0);
     }
     fn decode(dec: &mut Decoder<'_>) -> XdrResult<Self> {
         Ok(PmapList(dec.list(
@@ -165,11 +161,7 @@ pub struct RpcbList(pub Vec<Rpcb>);
 
 impl Xdr for RpcbList {
     fn encode(&self, out: &mut Vec<u8>) {
-        for m in &self.0 {
-            out.put_bool(true);
-            m.encode(out);
-        }
-        out.put_bool(false);
+        crate::xdr::put_list(out, &self.0);
     }
     fn decode(dec: &mut Decoder<'_>) -> XdrResult<Self> {
         Ok(RpcbList(dec.list(

@@ -270,6 +270,16 @@ impl<'a> Decoder<'a> {
     }
 }
 
+/// Appends an XDR linked list (`*next` optional-data chain): the encoding side of
+/// [`Decoder::list`].
+pub fn put_list<T: Xdr>(out: &mut Vec<u8>, items: &[T]) {
+    for item in items {
+        out.put_bool(true);
+        item.encode(out);
+    }
+    out.put_bool(false);
+}
+
 /// Appends XDR items to a byte vector. Encoding cannot fail: callers build values that already
 /// respect the protocol bounds (asserted here, since a violation is our bug, not the peer's).
 pub trait XdrWrite {
