@@ -12,6 +12,8 @@
 # usage: scripts/bench-vs-ganesha.sh [--quick]
 # env  : BENCH_ROUNDS (default 3): alternating rounds, the table shows medians
 #        TWINFILER_BIN (default: cargo build --release, then target/release/twinfiler),
+#        TWINFILER_BASELINE_BIN (optional): another twinfiler build (e.g. before a change)
+#          measured in the same rounds; the table gains its column and after/before ratio,
 #        BENCH_DIR (default /var/tmp/twinfiler-bench: a disk file system, not tmpfs)
 # Needs root (ganesha's VFS FSAL uses open_by_handle_at) and the packages nfs-ganesha and
 # nfs-ganesha-vfs (tests/vm/install-deps.sh installs them). Prints the two sets and the
@@ -43,6 +45,8 @@ if [ -z "$bin" ]; then
   bin=${CARGO_TARGET_DIR:-$repo/target}/release/twinfiler
 fi
 [ -x "$bin" ] || die "no twinfiler binary at $bin"
+baseline_bin=${TWINFILER_BASELINE_BIN:-}
+[ -z "$baseline_bin" ] || [ -x "$baseline_bin" ] || die "no baseline binary at $baseline_bin"
 
 mkdir -p "$bench_dir"
 work=$(mktemp -d "$bench_dir/vs-ganesha.XXXXXX")
@@ -134,26 +138,45 @@ for round in $(seq 1 "$rounds"); do
     tee -a "$work/ganesha.txt"
   log "round $round/$rounds: twinfiler (node + mirroring partner)"
   "$bin" bench nfs "${quick[@]}" --dir "$bench_dir" --label twinfiler | tee -a "$work/twinfiler.txt"
+  if [ -n "$baseline_bin" ]; then
+    log "round $round/$rounds: baseline twinfiler ($baseline_bin)"
+    "$baseline_bin" bench nfs "${quick[@]}" --dir "$bench_dir" --label baseline |
+      tee -a "$work/baseline.txt"
+  fi
 done
-cat "$work/ganesha.txt" "$work/twinfiler.txt" > "$out"
+touch "$work/baseline.txt"
+cat "$work/ganesha.txt" "$work/twinfiler.txt" "$work/baseline.txt" > "$out"
 
-# Side by side: figure, ganesha, twinfiler (medians), ratio.
+# Side by side: figure, ganesha, twinfiler (medians), ratio; with a baseline also its
+# median and twinfiler / baseline.
 echo
-printf '%-26s %14s %14s %8s   (median of %s rounds, %s)\n' figure ganesha twinfiler ratio "$rounds" "$(date -u +%FT%TZ)"
+if [ -s "$work/baseline.txt" ]; then
+  printf '%-26s %14s %14s %8s %14s %8s   (median of %s rounds, %s)\n' figure ganesha twinfiler ratio \
+    baseline vs_base "$rounds" "$(date -u +%FT%TZ)"
+else
+  printf '%-26s %14s %14s %8s   (median of %s rounds, %s)\n' figure ganesha twinfiler ratio "$rounds" "$(date -u +%FT%TZ)"
+fi
 awk '
   function median(list,   v, n, i, j, x) {
     n = split(list, v, " ")
     for (i = 2; i <= n; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] + 0 > x + 0; j--) v[j + 1] = v[j]; v[j + 1] = x }
     return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
   }
-  FNR == NR { sub(/^ganesha\./, "", $1); if (!($1 in g)) order[++n] = $1; g[$1] = g[$1] " " $2; u[$1] = $3; next }
-  { sub(/^twinfiler\./, "", $1); t[$1] = t[$1] " " $2 }
+  FILENAME == ARGV[1] { sub(/^ganesha\./, "", $1); if (!($1 in g)) order[++n] = $1; g[$1] = g[$1] " " $2; u[$1] = $3; next }
+  FILENAME == ARGV[2] { sub(/^twinfiler\./, "", $1); t[$1] = t[$1] " " $2; next }
+  { sub(/^baseline\./, "", $1); b[$1] = b[$1] " " $2; based = 1 }
   END {
     for (i = 1; i <= n; i++) {
       k = order[i]
       gm = median(g[k]); tm = (k in t) ? median(t[k]) : "-"
       r = (gm > 0 && (k in t)) ? sprintf("%.2fx", tm / gm) : "-"
-      printf "%-26s %14.1f %14s %8s  %s\n", k, gm, (k in t) ? sprintf("%.1f", tm) : "-", r, u[k]
+      line = sprintf("%-26s %14.1f %14s %8s", k, gm, (k in t) ? sprintf("%.1f", tm) : "-", r)
+      if (based) {
+        bm = (k in b) ? median(b[k]) : "-"
+        rb = ((k in b) && bm > 0 && (k in t)) ? sprintf("%.2fx", tm / bm) : "-"
+        line = line sprintf(" %14s %8s", (k in b) ? sprintf("%.1f", bm) : "-", rb)
+      }
+      printf "%s  %s\n", line, u[k]
     }
-  }' "$work/ganesha.txt" "$work/twinfiler.txt" | tee -a "$out"
+  }' "$work/ganesha.txt" "$work/twinfiler.txt" "$work/baseline.txt" | tee -a "$out"
 log "figures kept in $out"

@@ -42,6 +42,10 @@ pub enum FsError {
     /// Structures on disk are inconsistent (reported by fsck and decoders).
     #[error("corrupt file system: {0}")]
     Corrupt(String),
+    /// The call was made memory-only (`Fs::read_resident`) and needs the disks: retry it
+    /// where blocking is fine.
+    #[error("needs a disk read (memory-only call)")]
+    WouldBlock,
     /// A consistency point failed; the file system accepts no more changes until remounted.
     #[error("file system offline: {0}")]
     Offline(String),

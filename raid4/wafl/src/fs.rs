@@ -3,12 +3,14 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use bytes::Bytes;
+
 use crate::alloc::Alloc;
 use crate::cache::CacheStats;
 use crate::codec::{name_hash, BlockPtr};
 use crate::cp::{CpState, CpStats};
 use crate::error::FsError;
-use crate::op::{CreateHow, Fid, FsOp, NewObj, SetAttr, Special, WRITE_BYTES_MAX};
+use crate::op::{CreateAttr, CreateHow, Fid, FsOp, NewObj, SetAttr, Special, WRITE_BYTES_MAX};
 use crate::store::{StripeStore, BLOCK_SIZE};
 use crate::tree::{self, Content, Io, Key, Node, Slot, TreeMut, Value};
 use crate::types::*;
@@ -16,8 +18,102 @@ use crate::types::*;
 /// Longest run of consecutive blocks read with one call (1 MiB).
 const READ_RUN_BLOCKS_MAX: usize = 256;
 
-/// Most bytes XDR pads opaque data with (to a multiple of 4).
-const XDR_PAD_BYTES_MAX: usize = 3;
+/// Zeros that holes read as, shared by every reply.
+static ZEROS: [u8; ZEROS_BYTES] = [0; ZEROS_BYTES];
+/// Size of [`ZEROS`]: a hole longer than this takes several pieces.
+const ZEROS_BYTES: usize = 64 * 1024;
+
+/// The bytes of a read, in order, as pieces that share the file system's blocks: no copy
+/// is made, and the blocks stay alive while a piece does. Holes are static zeros.
+#[derive(Clone, Debug, Default)]
+pub struct ReadData {
+    /// The pieces, back to back.
+    pub parts: Vec<Bytes>,
+    /// Total bytes of `parts`.
+    pub len: usize,
+    /// Whether the read reached the end of the file.
+    pub eof: bool,
+}
+
+impl ReadData {
+    /// The bytes in one buffer (a copy).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for p in &self.parts {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+}
+
+/// A block shared with the file system, as the owner of a `Bytes`.
+struct SharedBlock(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBlock {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Builds a [`ReadData`] for bytes `offset..end` from blocks given in increasing order;
+/// the blocks in between that are not given are holes.
+struct Parts {
+    offset: u64,
+    end: u64,
+    /// Bytes placed so far (from `offset` on).
+    done: u64,
+    parts: Vec<Bytes>,
+}
+
+impl Parts {
+    fn new(offset: u64, end: u64) -> Parts {
+        assert!(offset < end);
+        let blocks = (end - 1) / BLOCK_SIZE as u64 - offset / BLOCK_SIZE as u64 + 1;
+        Parts {
+            offset,
+            end,
+            done: 0,
+            parts: Vec::with_capacity(blocks as usize),
+        }
+    }
+
+    /// Zeros up to file offset `to`.
+    fn hole_to(&mut self, to: u64) {
+        while self.offset + self.done < to {
+            let n = ((to - self.offset - self.done) as usize).min(ZEROS_BYTES);
+            self.parts.push(Bytes::from_static(&ZEROS[..n]));
+            self.done += n as u64;
+        }
+    }
+
+    /// Block `bi` (whole, `BLOCK_SIZE` bytes): its part inside `offset..end`.
+    fn block(&mut self, bi: u64, data: Bytes) {
+        assert_eq!(data.len(), BLOCK_SIZE);
+        let bs = BLOCK_SIZE as u64;
+        let bstart = bi * bs;
+        let from = self.offset.max(bstart);
+        let to = self.end.min(bstart + bs);
+        assert!(
+            from < to && from >= self.offset + self.done,
+            "blocks out of order"
+        );
+        self.hole_to(from);
+        self.parts
+            .push(data.slice((from - bstart) as usize..(to - bstart) as usize));
+        self.done = to - self.offset;
+    }
+
+    fn finish(mut self, eof: bool) -> ReadData {
+        self.hole_to(self.end);
+        let len = self.done as usize;
+        debug_assert_eq!(len, self.parts.iter().map(|p| p.len()).sum::<usize>());
+        ReadData {
+            parts: self.parts,
+            len,
+            eof,
+        }
+    }
+}
 
 /// Where `Fs::read` finds one block.
 enum Src {
@@ -277,6 +373,10 @@ impl Fs {
         if (l.dirty_bytes + dirty_est) / BLOCK_SIZE as u64 * 2 + 64 > l.free_blocks
             && !matches!(op, FsOp::Remove { .. } | FsOp::Rmdir { .. })
         {
+            // The refusal is this record's outcome: it is applied in sequence like any
+            // other, so a CP after it records it and replay does not re-run it (and,
+            // perhaps with more room then, reach another outcome than the client saw).
+            l.applied_seq = l.applied_seq.max(seq);
             return Err(FsError::NoSpace);
         }
         let Live { root, freed, .. } = &mut *l;
@@ -425,7 +525,27 @@ impl Fs {
     }
 
     /// Reads up to `len` bytes at `offset`; returns the bytes and whether EOF was reached.
+    /// (One copy of the data; [`Fs::read_parts`] shares the blocks instead.)
     pub fn read(&self, h: &Handle, offset: u64, len: usize) -> Result<(Vec<u8>, bool), FsError> {
+        let d = self.read_parts(h, offset, len)?;
+        Ok((d.to_vec(), d.eof))
+    }
+
+    /// Reads up to `len` bytes at `offset` as shared pieces of the blocks holding them
+    /// (dirty blocks, the data-block cache, blocks just read), without copying them.
+    pub fn read_parts(&self, h: &Handle, offset: u64, len: usize) -> Result<ReadData, FsError> {
+        self.read_parts_inner(h, offset, len)
+    }
+
+    /// [`Fs::read_parts`] from memory only: `Err(FsError::WouldBlock)` (having read
+    /// nothing from the disks) when a block or tree node is not in memory. An async server
+    /// answers cached reads on its own thread and moves only these misses to one that may
+    /// block.
+    pub fn read_resident(&self, h: &Handle, offset: u64, len: usize) -> Result<ReadData, FsError> {
+        tree::resident_only(|| self.read_parts_inner(h, offset, len))
+    }
+
+    fn read_parts_inner(&self, h: &Handle, offset: u64, len: usize) -> Result<ReadData, FsError> {
         let l = lock(&self.live);
         let root = self.view_root(&l, h.view)?;
         drop(l);
@@ -436,15 +556,14 @@ impl Fs {
             _ => return Err(FsError::Invalid("read of a special file".into())),
         }
         if offset >= i.size {
-            return Ok((Vec::new(), true));
+            return Ok(ReadData {
+                eof: true,
+                ..ReadData::default()
+            });
         }
         let end = i
             .size
             .min(offset.saturating_add(len.min(WRITE_BYTES_MAX) as u64));
-        let n = (end - offset) as usize;
-        // Room for XDR's padding to 4 bytes, so a front-end can append it without copying.
-        let mut out = Vec::with_capacity(n + XDR_PAD_BYTES_MAX);
-        out.resize(n, 0u8); // holes read as zeros
         let bs = BLOCK_SIZE as u64;
         let (first, last) = (offset / bs, (end - 1) / bs);
         let mut blocks = Vec::new();
@@ -460,13 +579,6 @@ impl Fs {
                 Ok(true)
             },
         )?;
-        let mut copy_out = |bi: u64, data: &[u8]| {
-            let bstart = bi * bs;
-            let from = offset.max(bstart);
-            let to = end.min(bstart + bs);
-            out[(from - offset) as usize..(to - offset) as usize]
-                .copy_from_slice(&data[(from - bstart) as usize..(to - bstart) as usize]);
-        };
         // Where each block comes from: memory (dirty or cached) or the disks.
         let mut srcs = Vec::with_capacity(blocks.len());
         for (bi, s) in &blocks {
@@ -485,13 +597,14 @@ impl Fs {
             };
             srcs.push((*bi, src));
         }
+        let mut out = Parts::new(offset, end);
         // Blocks a CP wrote together sit at consecutive addresses: read each such run with
         // one call instead of one round trip per 4 KiB.
         let mut k = 0;
         while k < srcs.len() {
             let (bi, ptr) = match &srcs[k] {
                 (bi, Src::Mem(d)) => {
-                    copy_out(*bi, d);
+                    out.block(*bi, Bytes::from_owner(SharedBlock(d.clone())));
                     k += 1;
                     continue;
                 }
@@ -507,16 +620,17 @@ impl Fs {
                     _ => break,
                 }
             }
-            let run = self.io.read_verified_run(&ptrs, "data block")?;
-            for (n, (p, data)) in ptrs.iter().zip(run.chunks_exact(BLOCK_SIZE)).enumerate() {
-                copy_out(bi + n as u64, data);
+            let run = Bytes::from(self.io.read_verified_run(&ptrs, "data block")?);
+            for (n, p) in ptrs.iter().enumerate() {
+                let data = run.slice(n * BLOCK_SIZE..(n + 1) * BLOCK_SIZE);
                 if self.io.cache.enabled() {
                     self.io.cache.insert(p, Arc::new(data.to_vec()));
                 }
+                out.block(bi + n as u64, data);
             }
             k += ptrs.len();
         }
-        Ok((out, end == i.size))
+        Ok(out.finish(end == i.size))
     }
 
     /// Lists entries after `cookie` (0 = start), at most `max`; returns them and EOF.
@@ -837,18 +951,10 @@ impl Ctx<'_> {
                 name,
                 new,
                 how,
+                attr,
                 time_ns,
             } => self
-                .create(
-                    dir,
-                    name,
-                    new,
-                    FileType::Regular,
-                    *how,
-                    (0, 0),
-                    &[],
-                    *time_ns,
-                )
+                .create_file(dir, name, new, *how, attr, *time_ns)
                 .map(Some),
             FsOp::Mkdir {
                 dir,
@@ -949,6 +1055,64 @@ impl Ctx<'_> {
                 data,
                 time_ns,
             } => self.write(target, *offset, data, *time_ns).map(Some),
+        }
+    }
+
+    /// CREATE of a regular file: a new file gets `attr` whole, an existing one an UNCHECKED
+    /// create returns gets only its size.
+    fn create_file(
+        &mut self,
+        dir: &Fid,
+        name: &[u8],
+        new: &NewObj,
+        how: CreateHow,
+        attr: &CreateAttr,
+        time_ns: u64,
+    ) -> Result<Attr, FsError> {
+        if attr.size.is_some_and(|s| s > FILE_SIZE_MAX) {
+            return Err(FsError::FileTooBig);
+        }
+        let a = self.create(dir, name, new, FileType::Regular, how, (0, 0), &[], time_ns)?;
+        let made_now = (a.fileid, a.gen) == (new.ino, new.gen);
+        if made_now {
+            if attr.is_empty()
+                || self
+                    .get_inode(new.ino)?
+                    .is_some_and(|i| i.change != self.seq)
+            {
+                return Ok(a); // nothing to set, or a replay of an op applied before
+            }
+            let set = SetAttr {
+                size: attr.size,
+                atime_ns: attr.atime_ns,
+                mtime_ns: attr.mtime_ns,
+                ..SetAttr::default()
+            };
+            return self.setattr(
+                &Fid {
+                    ino: a.fileid,
+                    gen: a.gen,
+                },
+                &set,
+                time_ns,
+            );
+        }
+        match (how, attr.size) {
+            (CreateHow::Unchecked, Some(size)) => {
+                let set = SetAttr {
+                    size: Some(size),
+                    ..SetAttr::default()
+                };
+                self.setattr(
+                    &Fid {
+                        ino: a.fileid,
+                        gen: a.gen,
+                    },
+                    &set,
+                    time_ns,
+                )
+            }
+            _ => Ok(a),
         }
     }
 

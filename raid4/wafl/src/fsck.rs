@@ -636,6 +636,7 @@ mod tests {
                 name: b"f".to_vec(),
                 new,
                 how: CreateHow::Guarded,
+                attr: Default::default(),
                 time_ns: 1,
             },
         )

@@ -22,7 +22,7 @@
 //! let (ino, gen) = fs.reserve_inode();
 //! let new = NewObj { ino, gen, mode: 0o644, uid: 0, gid: 0 };
 //! let dir = Fid::ROOT;
-//! let op = FsOp::Create { dir, name: b"hello".to_vec(), new, how: CreateHow::Guarded, time_ns: 1 };
+//! let op = FsOp::Create { dir, name: b"hello".to_vec(), new, how: CreateHow::Guarded, attr: Default::default(), time_ns: 1 };
 //! assert_eq!(FsOp::decode(&op.encode()).unwrap(), op); // the NVRAM record payload
 //! fs.apply(1, &op).unwrap();
 //! let write = FsOp::Write { target: Fid { ino, gen }, offset: 0, data: b"world".to_vec(), time_ns: 2 };
@@ -54,8 +54,8 @@ pub use cache::{CacheStats, CACHE_BYTES_MAX_DEFAULT, CACHE_SHARDS_MAX};
 pub use codec::{BlockPtr, DecodeError};
 pub use cp::{CpDriver, CpReport, CpStats, SNAPSHOTS_MAX, SNAP_NAME_BYTES_MAX};
 pub use error::FsError;
-pub use fs::{Fs, FsConfig, SnapInfo, StatFs};
-pub use op::{CreateHow, Fid, FsOp, NewObj, SetAttr, Special, WRITE_BYTES_MAX};
+pub use fs::{Fs, FsConfig, ReadData, SnapInfo, StatFs};
+pub use op::{CreateAttr, CreateHow, Fid, FsOp, NewObj, SetAttr, Special, WRITE_BYTES_MAX};
 pub use store::{CrashStore, FileStore, MemStore, StoreError, StripeStore, BLOCK_SIZE};
 pub use types::{
     Attr, DirEntry, FileType, Handle, View, FILE_SIZE_MAX, FIRST_ENTRY_ID, NAME_BYTES_MAX,

@@ -44,6 +44,26 @@ pub struct NewObj {
     pub gid: u32,
 }
 
+/// Attributes a CREATE sets besides owner and mode (NFSv3 `sattr3` of UNCHECKED/GUARDED).
+/// A new file gets all of them; an existing file that an UNCHECKED create returns gets only
+/// the size (like Linux knfsd: `open(O_CREAT|O_TRUNC)` relies on it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CreateAttr {
+    /// Size (a new file is extended with a hole; an existing one truncated or extended).
+    pub size: Option<u64>,
+    /// Access time, ns (default: the op's time).
+    pub atime_ns: Option<u64>,
+    /// Modification time, ns (default: the op's time).
+    pub mtime_ns: Option<u64>,
+}
+
+impl CreateAttr {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == CreateAttr::default()
+    }
+}
+
 /// NFS create semantics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CreateHow {
@@ -99,6 +119,8 @@ pub enum FsOp {
         new: NewObj,
         /// Unchecked / guarded / exclusive.
         how: CreateHow,
+        /// Size and times to set (see [`CreateAttr`]).
+        attr: CreateAttr,
         /// Time of the operation, ns.
         time_ns: u64,
     },
@@ -252,9 +274,11 @@ impl FsOp {
                 name,
                 new,
                 how,
+                attr,
                 time_ns,
             } => {
-                w.u8(1);
+                // Tag 11 = tag 1 + attributes; an op without them keeps the older tag 1.
+                w.u8(if attr.is_empty() { 1 } else { 11 });
                 fid(&mut w, dir);
                 w.bytes16(name);
                 new_obj(&mut w, new);
@@ -267,6 +291,11 @@ impl FsOp {
                     }
                 }
                 w.u64(*time_ns);
+                if !attr.is_empty() {
+                    w.opt_u64(attr.size);
+                    w.opt_u64(attr.atime_ns);
+                    w.opt_u64(attr.mtime_ns);
+                }
             }
             FsOp::Mkdir {
                 dir,
@@ -393,7 +422,7 @@ impl FsOp {
             return Err(DecodeError(format!("op version {v}")));
         }
         let op = match r.u8()? {
-            1 => {
+            tag @ (1 | 11) => {
                 let dir = rfid(&mut r)?;
                 let name = r.bytes16(NAME_BYTES_MAX)?;
                 let new = rnew_obj(&mut r)?;
@@ -403,12 +432,23 @@ impl FsOp {
                     2 => CreateHow::Exclusive(r.u64()?),
                     t => return Err(DecodeError(format!("bad create mode {t}"))),
                 };
+                let time_ns = r.u64()?;
+                let attr = if tag == 11 {
+                    CreateAttr {
+                        size: r.opt_u64()?,
+                        atime_ns: r.opt_u64()?,
+                        mtime_ns: r.opt_u64()?,
+                    }
+                } else {
+                    CreateAttr::default()
+                };
                 FsOp::Create {
                     dir,
                     name,
                     new,
                     how,
-                    time_ns: r.u64()?,
+                    attr,
+                    time_ns,
                 }
             }
             2 => FsOp::Mkdir {

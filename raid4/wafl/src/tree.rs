@@ -6,6 +6,7 @@
 //! holds (`Arc::get_mut`); otherwise the path is copied. So freezing the tree for a CP is one
 //! `Arc` clone, and the CP writes while new operations build the next tree.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -263,6 +264,35 @@ pub(crate) enum Written {
 /// dropped and read again on use.
 pub const NODES_CACHED_MAX_DEFAULT: usize = 131_072;
 
+thread_local! {
+    /// Set while this thread runs a memory-only call ([`resident_only`]).
+    static RESIDENT_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every disk read refused as [`FsError::WouldBlock`]: what needs only
+/// memory (dirty or cached blocks, loaded tree nodes) completes, anything else fails
+/// before touching the disks, so an async caller can retry it on a thread that may block.
+pub(crate) fn resident_only<T>(f: impl FnOnce() -> T) -> T {
+    /// Restores the flag even if `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            RESIDENT_ONLY.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(RESIDENT_ONLY.with(|r| r.replace(true)));
+    f()
+}
+
+/// `Err(WouldBlock)` inside [`resident_only`].
+fn may_read_disk() -> Result<(), FsError> {
+    if RESIDENT_ONLY.with(|r| r.get()) {
+        Err(FsError::WouldBlock)
+    } else {
+        Ok(())
+    }
+}
+
 /// Reads from the layer below, verifying checksums and counting failures, and bounds the
 /// memory of clean nodes.
 pub struct Io {
@@ -313,6 +343,7 @@ impl Io {
     /// Reads one block and checks it against its pointer; a mismatch is an IO error for
     /// this object, logged and counted.
     pub fn read_verified(&self, ptr: &BlockPtr, what: &str) -> Result<Vec<u8>, FsError> {
+        may_read_disk()?;
         let mut buf = vec![0u8; BLOCK_SIZE];
         self.store
             .read_blocks(ptr.addr, &mut buf)
@@ -332,6 +363,7 @@ impl Io {
     /// Reads blocks at consecutive addresses with one call and checks each against its
     /// pointer; returns their bytes back to back.
     pub fn read_verified_run(&self, ptrs: &[BlockPtr], what: &str) -> Result<Vec<u8>, FsError> {
+        may_read_disk()?;
         let first = ptrs.first().map(|p| p.addr).unwrap_or(0);
         assert!(ptrs
             .iter()

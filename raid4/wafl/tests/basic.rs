@@ -143,6 +143,7 @@ fn special_objects_links_and_handles() {
         name: b"x".to_vec(),
         new,
         how: CreateHow::Exclusive(42),
+        attr: Default::default(),
         time_ns: t,
     };
     let a = c.apply(op).unwrap().unwrap();
@@ -153,6 +154,7 @@ fn special_objects_links_and_handles() {
             name: b"x".to_vec(),
             new: new2,
             how: CreateHow::Exclusive(42),
+            attr: Default::default(),
             time_ns: t,
         })
         .unwrap()
@@ -165,6 +167,7 @@ fn special_objects_links_and_handles() {
             name: b"x".to_vec(),
             new: new3,
             how: CreateHow::Exclusive(7),
+            attr: Default::default(),
             time_ns: t
         }),
         Err(FsError::Exists)
@@ -265,4 +268,148 @@ fn full_aggregate_refuses_writes_but_stays_consistent() {
     c.fs.cp().unwrap();
     let r = wafl::fsck::check(store);
     assert!(r.is_clean(), "{r}");
+}
+
+// regression: a write refused for space did not count as applied, so a CP after it
+// recorded an older applied_seq and replay re-ran the refused op (maybe succeeding then).
+#[test]
+fn refused_op_is_applied_in_sequence() {
+    let store = mem_store(128); // 2 MiB
+    let fs = Fs::mkfs(store.clone(), 1, FsConfig::default()).unwrap();
+    let mut c = Client::new(fs);
+    let root = c.fs.root();
+    let f = c.create(&root, "big").unwrap();
+    let mut refused = None;
+    for k in 0..200u64 {
+        match c.write(&f, k * 65536, &[7; 65536]) {
+            Ok(()) => {}
+            Err(FsError::NoSpace) => {
+                refused = Some(c.seq);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let seq = refused.expect("never ran out of space");
+    assert_eq!(
+        c.fs.applied_seq(),
+        seq,
+        "the refused op is applied in sequence"
+    );
+    c.fs.cp().unwrap();
+    let fs = Fs::mount(store, FsConfig::default()).unwrap();
+    assert_eq!(fs.applied_seq(), seq, "a CP after the refusal records it");
+}
+
+#[test]
+fn create_sets_size_and_times_and_unchecked_sizes_existing() {
+    let store = mem_store(256);
+    let fs = Fs::mkfs(store.clone(), 1, FsConfig::default()).unwrap();
+    let mut c = Client::new(fs);
+    let root = c.fs.root();
+    let attr = CreateAttr {
+        size: Some(10_000),
+        atime_ns: Some(111),
+        mtime_ns: Some(222),
+    };
+    let new = c.new_obj(0o640);
+    let t = c.now();
+    let op = FsOp::Create {
+        dir: Client::fid(&root),
+        name: b"sized".to_vec(),
+        new,
+        how: CreateHow::Guarded,
+        attr,
+        time_ns: t,
+    };
+    let a = c.apply(op.clone()).unwrap().unwrap();
+    assert_eq!(
+        (a.size, a.atime_ns, a.mtime_ns, a.mode),
+        (10_000, 111, 222, 0o640)
+    );
+    let (data, eof) = c.fs.read(&a.handle, 0, 20_000).unwrap();
+    assert_eq!((data.len(), eof), (10_000, true));
+    assert!(
+        data.iter().all(|&b| b == 0),
+        "a created size reads as a hole"
+    );
+    // Replaying the op after a later change changes nothing.
+    c.write(&a.handle, 0, b"later").unwrap();
+    let again = c.fs.apply(c.seq - 1, &op).unwrap().unwrap();
+    assert_eq!(again.size, 10_000);
+    assert_eq!(&c.fs.read(&a.handle, 0, 5).unwrap().0, b"later");
+    // UNCHECKED on the existing file applies only the size.
+    let new = c.new_obj(0o600);
+    let t = c.now();
+    let e = c
+        .apply(FsOp::Create {
+            dir: Client::fid(&root),
+            name: b"sized".to_vec(),
+            new,
+            how: CreateHow::Unchecked,
+            attr: CreateAttr {
+                size: Some(3),
+                atime_ns: Some(5),
+                mtime_ns: None,
+            },
+            time_ns: t,
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!((e.handle, e.size, e.mode), (a.handle, 3, 0o640));
+    assert_ne!(e.atime_ns, 5, "times are not set on an existing file");
+    assert_eq!(c.fs.read(&a.handle, 0, 100).unwrap().0, b"lat");
+    // A size past the largest file is refused before anything changes.
+    let new = c.new_obj(0o600);
+    let t = c.now();
+    let big = c.apply(FsOp::Create {
+        dir: Client::fid(&root),
+        name: b"huge".to_vec(),
+        new,
+        how: CreateHow::Guarded,
+        attr: CreateAttr {
+            size: Some(FILE_SIZE_MAX + 1),
+            ..Default::default()
+        },
+        time_ns: t,
+    });
+    assert!(matches!(big, Err(FsError::FileTooBig)), "{big:?}");
+    c.fs.cp().unwrap();
+    assert!(wafl::fsck::check(store).is_clean());
+}
+
+#[test]
+fn resident_reads_refuse_the_disks_and_share_blocks() {
+    let store = mem_store(256);
+    let fs = Fs::mkfs(store.clone(), 1, FsConfig::default()).unwrap();
+    let mut c = Client::new(fs);
+    let root = c.fs.root();
+    let f = c.create(&root, "f").unwrap();
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+    c.write(&f, 100, &data).unwrap();
+    // Dirty blocks are memory: a resident read works, in pieces, hole first.
+    let d = c.fs.read_resident(&f, 0, 30_000).unwrap();
+    assert_eq!((d.len, d.eof), (20_100, true));
+    let mut want = vec![0u8; 100];
+    want.extend_from_slice(&data);
+    assert_eq!(d.to_vec(), want);
+    assert!(d.parts.len() > 1, "pieces of blocks, not one copy");
+    c.fs.cp().unwrap();
+    let fs = Fs::mount(store, FsConfig::default()).unwrap();
+    // A fresh mount has nothing in memory: refused without reading, then read for real.
+    let blocks_read = fs.cache_stats().misses;
+    assert!(matches!(
+        fs.read_resident(&f, 0, 4096),
+        Err(FsError::WouldBlock)
+    ));
+    assert_eq!(fs.cache_stats().misses, blocks_read);
+    let d = fs.read_parts(&f, 50, 10_000).unwrap();
+    assert_eq!(d.to_vec(), want[50..10_050]);
+    // Now cached (and the tree path loaded): resident again, and the same bytes.
+    let d = fs.read_resident(&f, 50, 10_000).unwrap();
+    assert_eq!(d.to_vec(), want[50..10_050]);
+    assert_eq!(
+        fs.read(&f, 20_000, 500).unwrap(),
+        (want[20_000..].to_vec(), true)
+    );
 }

@@ -145,6 +145,7 @@ fn ops_keep_flowing_during_a_cp() {
                         gid: 0,
                     },
                     how: CreateHow::Guarded,
+                    attr: Default::default(),
                     time_ns: i,
                 },
             )
@@ -202,6 +203,7 @@ fn cp_driver_runs_on_timer_and_dirty_bound() {
                 gid: 0,
             },
             how: CreateHow::Guarded,
+            attr: Default::default(),
             time_ns: 1,
         },
     )
@@ -354,6 +356,7 @@ fn no_stop_the_world_while_a_cp_writes() {
                     gid: 0,
                 },
                 how: CreateHow::Guarded,
+                attr: Default::default(),
                 time_ns: seq,
             },
         )

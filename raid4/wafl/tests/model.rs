@@ -154,6 +154,7 @@ fn step(rng: &mut StdRng, c: &mut Client, m: &mut Model) {
                 name: name.clone().into_bytes(),
                 new,
                 how: CreateHow::Guarded,
+                attr: Default::default(),
                 time_ns: t,
             });
             assert_eq!(r.is_ok(), exists.is_none(), "create {name}: {r:?}");

@@ -21,8 +21,10 @@
 //! rpc_server.register(MOUNT_PROGRAM, svc.mount_program());
 //! ```
 //!
-//! Graceful takeover: [`NfsService::set_draining`] makes new calls answer NFS3ERR_JUKEBOX;
-//! wait for [`NfsService::in_flight`] to reach zero before the final CP.
+//! Graceful takeover: [`NfsService::set_draining`] holds new calls unanswered (a Linux
+//! client waits and retransmits; NFS3ERR_JUKEBOX would make it sleep ~5 s); wait for
+//! [`NfsService::in_flight`] to reach zero before the final CP, then close the connections:
+//! the held calls are retransmitted to whoever serves the identity next.
 //!
 //! Export rules default like Linux: `ro`, `root_squash`, `secure` (source port < 1024).
 //! Test clients on unprivileged ports need `insecure` in their rule.
@@ -44,7 +46,7 @@ pub mod stats;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use twinfiler_proto::fh::FhKey;
@@ -120,8 +122,8 @@ pub struct NfsService {
     pub(crate) write_verf: [u8; 8],
     /// `fsid` of the live file system in attributes.
     pub(crate) fsid: u64,
-    /// Answer new NFS calls with NFS3ERR_JUKEBOX (graceful takeover drain).
-    pub(crate) draining: AtomicBool,
+    /// Hold new NFS calls (graceful takeover drain).
+    pub(crate) draining: tokio::sync::watch::Sender<bool>,
     /// NFS calls being served now.
     pub(crate) in_flight: AtomicUsize,
 }
@@ -156,7 +158,7 @@ impl NfsService {
             cfg,
             write_verf,
             fsid,
-            draining: AtomicBool::new(false),
+            draining: tokio::sync::watch::Sender::new(false),
             in_flight: AtomicUsize::new(0),
         })
     }
@@ -191,11 +193,23 @@ impl NfsService {
         self.stats.snapshot(self.drc.len())
     }
 
-    /// Starts (true) or ends (false) a drain: new NFS calls (but NULL) are answered
-    /// NFS3ERR_JUKEBOX, so clients retry — after a takeover, at the partner. Calls already
-    /// in flight complete; wait for [`NfsService::in_flight`] to reach zero.
+    /// Starts (true) or ends (false) a drain: new NFS calls are held unanswered until the
+    /// drain ends (an aborted takeover) or their connection closes (the client retransmits,
+    /// after a takeover to the partner). Calls already in flight complete; wait for
+    /// [`NfsService::in_flight`] to reach zero.
     pub fn set_draining(&self, on: bool) {
-        self.draining.store(on, Ordering::SeqCst);
+        self.draining.send_replace(on);
+    }
+
+    /// Whether a drain is on.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    pub(crate) async fn wait_while_draining(&self) {
+        let mut rx = self.draining.subscribe();
+        // The sender lives as long as the service, so this only ends when the drain does.
+        let _ = rx.wait_for(|draining| !draining).await;
     }
 
     /// NFS calls being served now.

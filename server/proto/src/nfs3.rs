@@ -21,8 +21,13 @@ pub const NFS_V3: u32 = 3;
 pub const FH_BYTES_MAX: usize = 64;
 /// Size of cookie, create and write verifiers.
 pub const VERIFIER_BYTES: usize = 8;
-/// Largest file name component we accept (`filename3`): the POSIX NAME_MAX.
+/// Largest file name component we accept (`filename3`): the POSIX NAME_MAX. A longer name
+/// still decodes (up to [`NAME_WIRE_BYTES_MAX`]) so the handler can answer
+/// NFS3ERR_NAMETOOLONG, as RFC 1813 asks, instead of GARBAGE_ARGS.
 pub const NAME_BYTES_MAX: usize = 255;
+/// Longest `filename3` the decoder takes off the wire (RFC 1813 sets no bound): room for
+/// any name a client may try, yet bounded so a hostile length fails before allocation.
+pub const NAME_WIRE_BYTES_MAX: usize = 1024;
 /// Largest path (`nfspath3`, symlink targets): the Linux PATH_MAX is 4096 but RFC 1813 MOUNT
 /// caps dirpath at 1024; we use 1024 for symlink data too, and say so in PATHCONF/FSINFO.
 pub const PATH_BYTES_MAX: usize = 1024;
@@ -207,8 +212,17 @@ xdr_enum! {
 }
 
 xdr_bytes! {
-    /// A file name component (`filename3`, ≤ 255 bytes, any bytes but NUL and '/').
-    pub struct Filename3; max = NAME_BYTES_MAX;
+    /// A file name component (`filename3`, any bytes but NUL and '/'). Decodes up to
+    /// [`NAME_WIRE_BYTES_MAX`] bytes; names longer than [`NAME_BYTES_MAX`] are the
+    /// handler's to refuse ([`Filename3::too_long`]).
+    pub struct Filename3; max = NAME_WIRE_BYTES_MAX;
+}
+
+impl Filename3 {
+    /// Whether the name exceeds [`NAME_BYTES_MAX`] (answer NFS3ERR_NAMETOOLONG).
+    pub fn too_long(&self) -> bool {
+        self.as_bytes().len() > NAME_BYTES_MAX
+    }
 }
 
 xdr_bytes! {

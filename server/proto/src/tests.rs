@@ -570,8 +570,15 @@ fn oversized_lengths_rejected() {
     // A file handle of 65 bytes.
     let args = [words(&[65]), vec![0; 68]].concat();
     assert!(is_too_long(nfs_call(Nfs3Proc::Getattr, &args)));
-    // A 256-byte name.
+    // A 256-byte name decodes (the handler answers NFS3ERR_NAMETOOLONG); one past the wire
+    // bound is garbage.
     let args = [fh.clone(), words(&[256]), vec![b'a'; 256]].concat();
+    match nfs_call(Nfs3Proc::Lookup, &args) {
+        Ok(Nfs3Call::Lookup(a)) => assert!(a.what.name.too_long()),
+        other => panic!("256-byte name: {other:?}"),
+    }
+    let len = NAME_WIRE_BYTES_MAX + 1;
+    let args = [fh.clone(), words(&[len as u32]), vec![b'a'; len + 3]].concat();
     assert!(is_too_long(nfs_call(Nfs3Proc::Lookup, &args)));
     // A 1025-byte symlink target.
     let mut args = [fh.clone(), words(&[1]), b"a\0\0\0".to_vec()].concat();

@@ -35,7 +35,7 @@ pub mod portmap;
 pub mod server;
 
 pub use portmap::PortmapService;
-pub use server::{RpcServer, ServerConfig, ServerStats, StopReport};
+pub use server::{Peer, RpcServer, ServerConfig, ServerStats, StopReport};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -81,14 +81,17 @@ impl Call {
     }
 }
 
-/// A complete RPC reply message (no record mark): `head` followed by `data` on the wire.
-/// `data` lets large READ payloads go out without being copied into `head`.
+/// A complete RPC reply message (no record mark): `head` followed by the pieces of `data`
+/// on the wire. `data` lets large READ payloads go out without being copied: each piece
+/// may share a buffer of the file system (a cached block), and the transport sends them
+/// with one vectored write.
 #[derive(Debug, Clone, Default)]
 pub struct Reply {
     /// Reply header and results (for READ: up to and including the data length word).
     pub head: Vec<u8>,
-    /// Bytes sent after `head` (READ data, already padded to a multiple of 4), often empty.
-    pub data: Bytes,
+    /// Bytes sent after `head`, in order (READ data, its XDR padding included); often
+    /// empty.
+    pub data: Vec<Bytes>,
 }
 
 impl Reply {
@@ -96,7 +99,15 @@ impl Reply {
     pub fn from_vec(head: Vec<u8>) -> Self {
         Reply {
             head,
-            data: Bytes::new(),
+            data: Vec::new(),
+        }
+    }
+
+    /// A reply of a head and one more buffer.
+    pub fn with_data(head: Vec<u8>, data: Bytes) -> Self {
+        Reply {
+            head,
+            data: vec![data],
         }
     }
 
@@ -108,12 +119,22 @@ impl Reply {
 
     /// Bytes on the wire (without the record mark).
     pub fn len(&self) -> usize {
-        self.head.len() + self.data.len()
+        self.head.len() + self.data.iter().map(Bytes::len).sum::<usize>()
     }
 
     /// Whether the reply is empty (never for a real reply).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The whole message in one buffer (a copy: for datagrams and tests).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        out.extend_from_slice(&self.head);
+        for piece in &self.data {
+            out.extend_from_slice(piece);
+        }
+        out
     }
 }
 

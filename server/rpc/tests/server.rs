@@ -730,3 +730,50 @@ async fn replies_still_flow_after_the_client_half_closes() {
     assert_eq!(xids, [0, 1, 2]);
     c.expect_closed().await;
 }
+
+#[tokio::test]
+async fn replies_of_many_pieces_go_out_whole_and_in_several_writes() {
+    let t = start(ServerConfig::default()).await;
+    let mut c = TcpClient::connect(t.tcp).await;
+    // Eight 1 MiB replies of 1000-byte pieces in flight together: one batch holds far more
+    // pieces than one writev takes.
+    let len = 1024 * 1024;
+    assert!(len / BIG_PIECE_BYTES > twinfiler_rpc::server::IOVECS_PER_WRITE_MAX);
+    for xid in 0..8u32 {
+        c.send(&toy_call(xid, PROC_BIG, &word(len as u32))).await;
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..8 {
+        let (h, results) = parse_reply(&c.recv().await);
+        assert_eq!(stat_of(&h), AcceptStat::Success);
+        assert_eq!(results.len(), len);
+        assert!(results
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 251) as u8));
+        assert!(seen.insert(h.xid), "xid {} twice", h.xid);
+    }
+}
+
+#[tokio::test]
+async fn peers_lists_open_connections() {
+    let t = start(ServerConfig::default()).await;
+    assert!(t.server.peers().is_empty());
+    let mut a = TcpClient::connect(t.tcp).await;
+    let mut b = TcpClient::connect(t.tcp).await;
+    // A reply proves the server accepted (and listed) each connection.
+    a.call(&toy_call(1, PROC_NULL, &[])).await;
+    b.call(&toy_call(2, PROC_NULL, &[])).await;
+    let addrs = |s: &TestServer| -> Vec<_> { s.server.peers().iter().map(|p| p.addr).collect() };
+    let (a_addr, b_addr) = (
+        a.stream.local_addr().unwrap(),
+        b.stream.local_addr().unwrap(),
+    );
+    assert_eq!(addrs(&t), vec![a_addr, b_addr], "oldest first");
+    assert!(t.server.peers().iter().all(|p| p.local == t.tcp));
+    drop(a);
+    eventually("a closed connection leaves the list", || {
+        addrs(&t) == vec![b_addr]
+    })
+    .await;
+}

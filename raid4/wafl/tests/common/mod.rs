@@ -64,6 +64,7 @@ impl Client {
             name: name.into(),
             new,
             how: CreateHow::Guarded,
+            attr: Default::default(),
             time_ns: t,
         })
         .map(|a| a.expect("attr").handle)

@@ -25,6 +25,9 @@ pub fn status_of(e: &FsError) -> NfsStat3 {
         FsError::NoSpace => NfsStat3::Nospc,
         FsError::FileTooBig => NfsStat3::Fbig,
         FsError::Io(_) | FsError::Corrupt(_) => NfsStat3::Io,
+        // Memory-only reads retry where they may block; should one leak out, the client
+        // is told to try again.
+        FsError::WouldBlock => NfsStat3::Jukebox,
         // The op is logged; it applies after a remount. Live requests are not answered
         // (the engine drops them), so the client retries.
         FsError::Offline(_) => NfsStat3::Jukebox,

@@ -11,6 +11,8 @@ pub mod attr;
 pub mod modify;
 pub mod perm;
 pub mod read;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -183,6 +185,9 @@ impl NfsService {
                 self.0.fetch_sub(1, Ordering::SeqCst);
             }
         }
+        // Held, not answered, while draining: the client waits and retransmits (to the
+        // partner, once it serves this identity). Held calls are not in flight.
+        self.wait_while_draining().await;
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let _guard = InFlight(&self.in_flight);
         self.nfs_call_counted(call).await
@@ -216,12 +221,8 @@ impl NfsService {
         };
         let p = args.proc_();
         self.stats.op(p as u32);
-        if p != Nfs3Proc::Null && self.draining.load(Ordering::SeqCst) {
-            self.count_status(NfsStat3::Jukebox);
-            return Outcome::Reply(fail(xid, p, NfsStat3::Jukebox, None).reply);
-        }
         if p.is_idempotent() {
-            let d = self.read_call(&caller, args, &call.record);
+            let d = self.read_call(&caller, args).await;
             self.count_status(d.status);
             return Outcome::Reply(d.reply);
         }

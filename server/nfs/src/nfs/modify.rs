@@ -16,8 +16,8 @@ use twinfiler_proto::nfs3::{
     WriteResOk,
 };
 use wafl::{
-    Attr, CreateHow, Fid, FileType, Fs, FsError, FsOp, Handle, NewObj, SetAttr, Special,
-    FILE_SIZE_MAX,
+    Attr, CreateAttr, CreateHow, Fid, FileType, Fs, FsError, FsOp, Handle, NewObj, SetAttr,
+    Special, FILE_SIZE_MAX,
 };
 
 use super::attr::{status_of, time_ns, wcc_attr};
@@ -85,11 +85,15 @@ impl NfsService {
         Ok(r)
     }
 
-    /// Resolves a directory to change entries in: writable, a directory, w+x for the caller.
+    /// Resolves a directory to change entries in: writable, a directory, w+x for the caller,
+    /// and a name within NAME_MAX.
     fn dir_for_change(&self, d: &DirOpArgs3, c: &Caller) -> Result<Resolved<'_>, Refusal> {
         let r = self.writable(&d.dir, c)?;
         if r.attr.kind != FileType::Directory {
             return Err((NfsStat3::Notdir, Some(r.handle)));
+        }
+        if d.name.too_long() {
+            return Err((NfsStat3::Nametoolong, Some(r.handle)));
         }
         if !perm::may(&r.attr, &r.ident, W | X) {
             return Err((NfsStat3::Acces, Some(r.handle)));
@@ -148,6 +152,20 @@ impl NfsService {
         }
     }
 
+    /// CREATE UNCHECKED with a size resizes a file that already exists: the caller needs
+    /// write permission on that file, as for SETATTR of the size.
+    fn may_resize_existing(&self, dir: &Resolved<'_>, name: &[u8]) -> Result<(), Refusal> {
+        match self.fs.lookup(&dir.handle, name) {
+            Ok(existing)
+                if existing.kind == FileType::Regular
+                    && !perm::may_io(&existing, &dir.ident, W) =>
+            {
+                Err((NfsStat3::Acces, Some(dir.handle)))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks the sticky-directory rule for removing or replacing `name` in `dir`.
     fn sticky_check(&self, dir: &Resolved<'_>, name: &[u8]) -> Result<(), Refusal> {
         if dir.attr.mode & 0o1000 == 0 || dir.ident.is_root() {
@@ -180,7 +198,6 @@ impl NfsService {
             Nfs3Call::Write(a) => return self.prepare_write(c, key, a, record),
             Nfs3Call::Create(CreateArgs { where_, how }) => {
                 let d = self.dir_for_change(&where_, c)?;
-                let truncate = matches!(&how, CreateHow3::Unchecked(s) if s.size == Some(0));
                 let (sattr, how) = match &how {
                     CreateHow3::Unchecked(s) => (Some(s), CreateHow::Unchecked),
                     CreateHow3::Guarded(s) => (Some(s), CreateHow::Guarded),
@@ -188,17 +205,20 @@ impl NfsService {
                         (None, CreateHow::Exclusive(u64::from_be_bytes(*v)))
                     }
                 };
+                let attr = sattr.map(create_attr).unwrap_or_default();
+                if let (CreateHow::Unchecked, Some(_)) = (how, attr.size) {
+                    self.may_resize_existing(&d, where_.name.as_bytes())?;
+                }
                 let new = self.new_obj(&d, sattr, FILE_MODE_DEFAULT, false);
                 let op = FsOp::Create {
                     dir: fid(&d)?,
                     name: where_.name.into_bytes(),
                     new,
                     how,
+                    attr,
                     time_ns: t,
                 };
-                let mut meta = self.meta(key, p, d.export.id);
-                meta.truncate_existing = truncate;
-                return Ok(Prepared::Op { meta, op });
+                (d.export.id, op)
             }
             Nfs3Call::Mkdir(MkdirArgs { where_, attributes }) => {
                 let d = self.dir_for_change(&where_, c)?;
@@ -432,6 +452,20 @@ impl NfsService {
     }
 }
 
+/// The size and times of a CREATE's `sattr3` (owner and mode go to `NewObj`). The new
+/// file's times are the op's time already, so SET_TO_SERVER_TIME needs nothing set.
+fn create_attr(s: &Sattr3) -> CreateAttr {
+    let client_time = |t: &SetTime| match t {
+        SetTime::ClientTime(t) => Some(time_ns(t)),
+        SetTime::DontChange | SetTime::ServerTime => None,
+    };
+    CreateAttr {
+        size: s.size,
+        atime_ns: client_time(&s.atime),
+        mtime_ns: client_time(&s.mtime),
+    }
+}
+
 /// Applies logged ops and formats their replies (see the module docs).
 pub(crate) struct Exec<'s> {
     /// The service (for handles, attributes and the write verifier).
@@ -524,8 +558,9 @@ impl Executor for Exec<'_> {
             } if meta.truncate_existing => {
                 let before = pre(fs, dir);
                 let mut r = apply();
-                // An existing file (not the one this op made) is truncated, as one op:
-                // same seq, same time, replayed the same way.
+                // Records of older nodes (new ones carry the size in the op's `attr` and
+                // never set the flag): an existing file (not the one this op made) is
+                // truncated, as one op: same seq, same time, replayed the same way.
                 if let Ok(Some(a)) = &r {
                     if a.size > 0 && (a.fileid, a.gen) != (new.ino, new.gen) {
                         let target = Fid {

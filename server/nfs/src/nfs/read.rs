@@ -18,7 +18,7 @@ use twinfiler_proto::nfs3::{
 use twinfiler_proto::rpc::ReplyHeader;
 use twinfiler_proto::xdr::padding;
 use twinfiler_rpc::Reply;
-use wafl::{Attr, FileType, Handle, View, FILE_SIZE_MAX};
+use wafl::{Attr, FileType, FsError, Handle, ReadData, View, FILE_SIZE_MAX};
 
 use super::attr::{status_of, wcc_after};
 use super::perm::{self, R, X};
@@ -35,10 +35,6 @@ const READDIR_BATCH_ENTRIES: usize = 512;
 /// Largest READ data and READDIR reply over UDP: a reply must fit one datagram (64 KiB
 /// minus headers); 32 KiB is what Linux clients use over UDP anyway.
 const UDP_REPLY_BYTES_MAX: u32 = 32 * 1024;
-/// READs at least this large run with `block_in_place`: they may wait for disks, and the
-/// other requests of the worker thread should not wait with them. Smaller ones are mostly
-/// cached, and moving the worker would cost more than the read.
-const BLOCKING_READ_BYTES_MIN: usize = 64 * 1024;
 /// Most hard links we admit to (PATHCONF linkmax).
 const LINK_MAX: u32 = 65_000;
 /// Block size hint for READ/WRITE multiples (FSINFO rtmult/wtmult).
@@ -53,16 +49,6 @@ fn cookie_verf(dir: &Attr) -> CookieVerf3 {
     dir.gen.to_be_bytes()
 }
 
-/// Runs `f`, letting the runtime move this worker's other tasks elsewhere while it blocks
-/// (only possible on the multi-threaded runtime; elsewhere it just runs `f`).
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 /// The largest directory reply for this caller's transport.
 fn reply_cap(c: &Caller) -> u32 {
     if c.udp {
@@ -74,7 +60,7 @@ fn reply_cap(c: &Caller) -> u32 {
 
 impl NfsService {
     /// Serves an idempotent procedure.
-    pub(crate) fn read_call(&self, c: &Caller, args: Nfs3Call, _record: &Bytes) -> Done {
+    pub(crate) async fn read_call(&self, c: &Caller, args: Nfs3Call) -> Done {
         let p = args.proc_();
         let res = match args {
             Nfs3Call::Null => Ok(Done {
@@ -85,7 +71,7 @@ impl NfsService {
             Nfs3Call::Lookup(a) => self.lookup(c, a),
             Nfs3Call::Access(a) => self.access(c, a),
             Nfs3Call::Readlink(a) => self.readlink(c, a),
-            Nfs3Call::Read(a) => self.read(c, a),
+            Nfs3Call::Read(a) => self.read(c, a).await,
             Nfs3Call::Readdir(a) => self.readdir(c, a),
             Nfs3Call::Readdirplus(a) => self.readdirplus(c, a),
             Nfs3Call::Fsstat(a) => self.fsstat(c, a),
@@ -119,6 +105,9 @@ impl NfsService {
         }
         if !perm::may(&r.attr, &r.ident, X) {
             return Err((NfsStat3::Acces, dir));
+        }
+        if a.what.name.too_long() {
+            return Err((NfsStat3::Nametoolong, dir));
         }
         let name = a.what.name.as_bytes();
         // `..` of the export root stays at the export root: a client must not walk out.
@@ -174,8 +163,11 @@ impl NfsService {
         ))
     }
 
-    /// READ: the data goes out in `Reply.data`, never copied into the header buffer.
-    fn read(&self, c: &Caller, a: ReadArgs) -> Result<Done, (NfsStat3, Option<Handle>)> {
+    /// READ: the data goes out as the file system's own blocks (`Reply.data`), never
+    /// copied. A read that memory can serve (dirty or cached blocks) runs right here; one
+    /// that needs the disks moves to a blocking thread, so no runtime worker (and none of
+    /// the other calls it runs) ever waits for a disk.
+    async fn read(&self, c: &Caller, a: ReadArgs) -> Result<Done, (NfsStat3, Option<Handle>)> {
         let r = self.resolve(&a.file, c).map_err(|s| (s, None))?;
         let h = Some(r.handle);
         match r.attr.kind {
@@ -192,25 +184,48 @@ impl NfsService {
             IO_BYTES_MAX
         };
         let count = (a.count as usize).min(cap);
-        let read = || self.fs.read(&r.handle, a.offset, count);
-        let (mut data, eof) = if count >= BLOCKING_READ_BYTES_MIN {
-            blocking(read)
-        } else {
-            read()
-        }
-        .map_err(|e| (status_of(&e), h))?;
-        let len = data.len();
+        let read = match self.fs.read_resident(&r.handle, a.offset, count) {
+            Err(FsError::WouldBlock) => self.read_blocking(r.handle, a.offset, count).await,
+            read => read,
+        };
+        let ReadData {
+            parts: mut data,
+            len,
+            eof,
+        } = read.map_err(|e| (status_of(&e), h))?;
         bump(&self.stats.bytes_read, len as u64);
         let mut head = ReplyHeader::success(c.xid).to_vec_with_capacity(128);
         encode_read_ok_head(&mut head, &Some(self.fattr(&r.attr)), eof, len);
-        data.extend_from_slice(padding(len));
+        let pad = padding(len);
+        if !pad.is_empty() {
+            data.push(Bytes::from_static(pad));
+        }
         Ok(Done {
             status: NfsStat3::Ok,
-            reply: Reply {
-                head,
-                data: Bytes::from(data),
-            },
+            reply: Reply { head, data },
         })
+    }
+
+    /// A read that may wait for the disks, on tokio's blocking pool (or right here outside
+    /// a runtime).
+    async fn read_blocking(
+        &self,
+        handle: Handle,
+        offset: u64,
+        count: usize,
+    ) -> Result<ReadData, FsError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.fs.read_parts(&handle, offset, count);
+        }
+        let fs = self.fs.clone();
+        tokio::task::spawn_blocking(move || fs.read_parts(&handle, offset, count))
+            .await
+            .unwrap_or_else(|e| {
+                // The read panicked (a bug): the dispatcher would answer SYSTEM_ERR; this
+                // answers NFS3ERR_IO and keeps the message.
+                tracing::error!(error = %e, "READ on the blocking pool failed");
+                Err(FsError::Io(format!("read task failed: {e}")))
+            })
     }
 
     /// `.` and `..` entries before the file system's own (not in `.snapshot` directories,

@@ -39,6 +39,7 @@ async fn bench_service() {
         name: b"raw".to_vec(),
         new,
         how: wafl::CreateHow::Guarded,
+        attr: Default::default(),
         time_ns: 1,
     };
     let mut seq = env.log.submit(nvlog::kind::USER_MIN, b"x").unwrap().seq();

@@ -233,11 +233,7 @@ impl Env {
     /// Sends a call to a program; returns the reply bytes (`None`: dropped).
     pub async fn send(prog: &Arc<dyn Program>, call: Call) -> Option<Vec<u8>> {
         match prog.clone().call(call).await {
-            Outcome::Reply(r) => {
-                let mut b = r.head;
-                b.extend_from_slice(&r.data);
-                Some(b)
-            }
+            Outcome::Reply(r) => Some(r.to_vec()),
             Outcome::Drop => None,
         }
     }

@@ -660,16 +660,23 @@ async fn snapshot_views_are_read_only_and_in_the_handle() {
 }
 
 #[tokio::test]
-async fn drain_answers_jukebox_but_null() {
+async fn drain_holds_new_calls_until_it_ends() {
     let env = Env::new();
     let r = root();
     let dir = env.root_fh().await;
     env.svc.set_draining(true);
-    assert_eq!(stat(&env.getattr(&r, &dir).await), NfsStat3::Jukebox);
-    assert_eq!(stat(&env.remove(&r, &dir, "x").await), NfsStat3::Jukebox);
-    let reply = env.nfs_raw(77, &r, Nfs3Proc::Null, &[]).await.unwrap();
-    let _: () = decode_result(&reply, 77);
+    let held =
+        tokio::time::timeout(std::time::Duration::from_millis(300), env.getattr(&r, &dir)).await;
+    assert!(held.is_err(), "a call was answered during the drain");
+    assert_eq!(env.svc.in_flight(), 0, "held calls are not in flight");
+    let env = Arc::new(env);
+    let e2 = env.clone();
+    let d2 = dir;
+    let waiting = tokio::spawn(async move { e2.getattr(&root(), &d2).await });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished());
     env.svc.set_draining(false);
+    ok(waiting.await.expect("task"));
     ok(env.getattr(&r, &dir).await);
     assert_eq!(env.svc.in_flight(), 0);
 }

@@ -14,9 +14,12 @@ pub const UDP_DATAGRAM_BYTES_MAX: usize = 65_507;
 /// so a runaway program cannot make us write gigabytes): a 1 MiB READ plus headers fits.
 pub const REPLY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// Most replies gathered into one vectored write (each takes up to three iovecs; Linux
-/// IOV_MAX is 1024).
+/// Most replies gathered into one batch of vectored writes.
 pub const REPLIES_PER_WRITE_MAX: usize = 64;
+
+/// Most buffers handed to one `writev` (Linux IOV_MAX; more is EINVAL). A batch with more
+/// pieces (a READ of cached blocks has one per 4 KiB) takes several calls.
+pub const IOVECS_PER_WRITE_MAX: usize = 1024;
 
 /// Transport bounds of one [`RpcServer`](super::RpcServer).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -55,7 +55,8 @@ use tracing::{debug, debug_span, warn, Instrument};
 use twinfiler_proto::rpc::{decode_call, AcceptStat, ReplyHeader};
 
 pub use config::{
-    ConfigError, ServerConfig, REPLIES_PER_WRITE_MAX, REPLY_BYTES_MAX, UDP_DATAGRAM_BYTES_MAX,
+    ConfigError, ServerConfig, IOVECS_PER_WRITE_MAX, REPLIES_PER_WRITE_MAX, REPLY_BYTES_MAX,
+    UDP_DATAGRAM_BYTES_MAX,
 };
 pub use stats::ServerStats;
 
@@ -79,6 +80,21 @@ pub(crate) struct Shared {
     tasks: Arc<TaskCounter>,
     /// Keeps misbehaving clients from flooding the log with protocol warnings.
     warnings: WarnLimiter,
+    /// Open TCP connections by id (bounded by `connections_max`), for [`RpcServer::peers`].
+    peers: std::sync::Mutex<HashMap<u64, Peer>>,
+    /// Id of the next TCP connection.
+    next_connection_id: std::sync::atomic::AtomicU64,
+}
+
+/// A connected TCP client (see [`RpcServer::peers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Our address it connected to (which identity of the node).
+    pub local: SocketAddr,
+    /// When the connection was accepted.
+    pub since: std::time::SystemTime,
 }
 
 impl Shared {
@@ -86,6 +102,26 @@ impl Shared {
         // A poisoned lock means a register() panicked mid-insert; the map is still valid.
         let programs = self.programs.read().unwrap_or_else(|e| e.into_inner());
         programs.get(&prog).cloned()
+    }
+
+    /// Records an accepted connection; returns its id for [`Shared::connection_closed`].
+    fn connection_opened(&self, addr: SocketAddr, local: SocketAddr) -> u64 {
+        use std::sync::atomic::Ordering;
+        let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        let peer = Peer {
+            addr,
+            local,
+            since: std::time::SystemTime::now(),
+        };
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.insert(id, peer);
+        debug_assert!(peers.len() <= self.config.connections_max);
+        id
+    }
+
+    fn connection_closed(&self, id: u64) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.remove(&id);
     }
 
     fn phase(&self) -> watch::Receiver<Phase> {
@@ -217,6 +253,8 @@ impl RpcServer {
             phase,
             tasks: Arc::new(TaskCounter::default()),
             warnings: WarnLimiter::new(),
+            peers: std::sync::Mutex::new(HashMap::new()),
+            next_connection_id: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(RpcServer {
             shared: Arc::new(shared),
@@ -252,6 +290,16 @@ impl RpcServer {
     /// A snapshot of the counters.
     pub fn stats(&self) -> ServerStats {
         self.shared.counters.snapshot()
+    }
+
+    /// The clients connected over TCP now, oldest first (for an operator's "connected
+    /// clients"). UDP has no connections: its clients are not listed.
+    pub fn peers(&self) -> Vec<Peer> {
+        let peers = self.shared.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<(u64, Peer)> = peers.iter().map(|(id, p)| (*id, *p)).collect();
+        drop(peers);
+        list.sort_unstable_by_key(|(id, _)| *id);
+        list.into_iter().map(|(_, p)| p).collect()
     }
 
     fn ensure_running(&self) -> io::Result<()> {

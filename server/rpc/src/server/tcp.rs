@@ -16,7 +16,10 @@ use twinfiler_proto::record::record_mark;
 use super::framing::{FrameError, RecordReader};
 use super::stats::{add, bump, drop_one};
 use super::tasks::{reached, CallPermit, Phase};
-use super::{checked_reply, take_call_permit, Shared, REPLIES_PER_WRITE_MAX, REPLY_BYTES_MAX};
+use super::{
+    checked_reply, take_call_permit, Shared, IOVECS_PER_WRITE_MAX, REPLIES_PER_WRITE_MAX,
+    REPLY_BYTES_MAX,
+};
 use crate::{Reply, Transport};
 
 /// Pause after a failed accept (e.g. EMFILE), so a persistent error does not spin.
@@ -67,11 +70,14 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, loca
 /// Open connection bookkeeping, shared by its reader and writer; dropped when both end.
 struct ConnGuard {
     shared: Arc<Shared>,
+    /// The connection's id in the server's peer list.
+    id: u64,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        self.shared.connection_closed(self.id);
         drop_one(&self.shared.counters.connections_open);
         debug!("connection closed");
     }
@@ -95,6 +101,7 @@ fn start_connection(
     span.in_scope(|| debug!("connection accepted"));
     let guard = Arc::new(ConnGuard {
         shared: shared.clone(),
+        id: shared.connection_opened(peer, local),
         _permit: permit,
     });
     let (read_half, write_half) = stream.into_split();
@@ -305,10 +312,12 @@ async fn write_batch(
         .iter()
         .map(|o| record_mark(o.reply.len(), true))
         .collect();
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 3);
+    let pieces: usize = batch.iter().map(|o| 2 + o.reply.data.len()).sum();
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(pieces);
     for (o, mark) in batch.iter().zip(&marks) {
         slices.push(IoSlice::new(mark));
-        for part in [&o.reply.head[..], &o.reply.data[..]] {
+        let parts = std::iter::once(&o.reply.head[..]).chain(o.reply.data.iter().map(|d| &d[..]));
+        for part in parts {
             if !part.is_empty() {
                 slices.push(IoSlice::new(part));
             }
@@ -319,7 +328,8 @@ async fn write_batch(
     let mut written = 0;
     // Each round writes at least one byte, so at most `total` rounds.
     while !rest.is_empty() {
-        let n = tokio::time::timeout(timeout, w.write_vectored(rest))
+        let window = rest.len().min(IOVECS_PER_WRITE_MAX);
+        let n = tokio::time::timeout(timeout, w.write_vectored(&rest[..window]))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "reply write timed out"))??;
         if n == 0 {

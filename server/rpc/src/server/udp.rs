@@ -77,9 +77,7 @@ async fn udp_call(
     else {
         return;
     };
-    let mut datagram = Vec::with_capacity(reply.len());
-    datagram.extend_from_slice(&reply.head);
-    datagram.extend_from_slice(&reply.data);
+    let datagram = reply.to_vec();
     match socket.send_to(&datagram, peer).await {
         Ok(sent) => {
             add(&shared.counters.bytes_out, sent);

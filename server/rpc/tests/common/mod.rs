@@ -134,10 +134,10 @@ impl Program for Toy {
             }
             match call.header.proc_ {
                 PROC_NULL => Outcome::Reply(Reply::from_vec(success(xid))),
-                PROC_ECHO => Outcome::Reply(Reply {
-                    head: success(xid),
-                    data: call.record.slice(call.args_offset..),
-                }),
+                PROC_ECHO => Outcome::Reply(Reply::with_data(
+                    success(xid),
+                    call.record.slice(call.args_offset..),
+                )),
                 PROC_DROP => Outcome::Drop,
                 PROC_PANIC => {
                     tokio::task::yield_now().await;
@@ -147,10 +147,7 @@ impl Program for Toy {
                     // Capped: random tests send random sizes.
                     let n = (args.u32().unwrap_or(0) as usize).min(BIG_BYTES_MAX);
                     let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
-                    Outcome::Reply(Reply {
-                        head: success(xid),
-                        data: Bytes::from(data),
-                    })
+                    Outcome::Reply(big_reply(success(xid), data))
                 }
                 PROC_GATE => {
                     let tag = args.u32().unwrap_or(u32::MAX);
@@ -341,4 +338,18 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Bytes per piece of a PROC_BIG reply: small, so a 1 MiB reply has more pieces than one
+/// `writev` takes (IOV_MAX is 1024 on Linux) and the transport must split its writes.
+pub const BIG_PIECE_BYTES: usize = 1000;
+
+/// A reply whose data goes out as many pieces, like a READ of cached blocks.
+fn big_reply(head: Vec<u8>, data: Vec<u8>) -> Reply {
+    let data = Bytes::from(data);
+    let pieces = (0..data.len())
+        .step_by(BIG_PIECE_BYTES)
+        .map(|at| data.slice(at..(at + BIG_PIECE_BYTES).min(data.len())))
+        .collect();
+    Reply { head, data: pieces }
 }
