@@ -29,6 +29,10 @@ enum Command {
     Node(cli::node::NodeArgs),
     /// Print the pair's status from a node's console API (--url/--token or TWINFILER_URL/TWINFILER_TOKEN).
     Status(cli::status::StatusArgs),
+    /// Take a node over by its partner through the console API, following every step.
+    Takeover(cli::takeover::TakeoverArgs),
+    /// Give a taken-over node its identity back through the console API.
+    Giveback(cli::takeover::GivebackArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +45,8 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(a) => cli::demo::run(a),
         Command::Node(a) => cli::node::run(a),
         Command::Status(a) => cli::status::run(a),
+        Command::Takeover(a) => cli::takeover::run_takeover(a),
+        Command::Giveback(a) => cli::takeover::run_giveback(a),
     }
 }
 

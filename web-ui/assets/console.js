@@ -50,12 +50,18 @@
     dlg.showModal();
   }
 
+  // Same format as the server renders: "YYYY-MM-DD HH:MM:SSZ" (UTC).
+  function fmtTime(ms) {
+    return new Date(ms).toISOString().slice(0, 19).replace("T", " ") + "Z";
+  }
+
   function renderProgress(box, p) {
     const ol = el("ol", { class: "steps" });
     for (const s of p.steps) {
       const sym = { pending: "\u25cb", running: "\u25d4", done: "\u2714", failed: "\u2718", skipped: "\u2013" }[s.state] || "?";
       const li = el("li", { class: s.state }, el("span", { class: "sym" }, sym), " ", el("strong", {}, s.name));
       if (s.detail) li.append(" \u2014 ", el("span", { class: "detail" }, s.detail));
+      if (s.at_unix_ms) li.append(" ", el("small", { class: "at" }, fmtTime(s.at_unix_ms)));
       ol.append(li);
     }
     const outcome = el("div", { class: "outcome" });

@@ -17,12 +17,14 @@
 //!
 //! Pages are server-rendered HTML (maud) and readable without JavaScript; a small script of our
 //! own (`assets/console.js`) adds the takeover dialog and live progress over server-sent events.
-//! The JSON API under `/api/v1` is documented in `docs/api.md`.
+//! The JSON API under `/api/v1` is documented in `docs/api.md`; [`client::ApiClient`] speaks it
+//! (the `twinfiler` CLI uses it).
 
 mod api;
 pub mod auth;
 pub mod backend;
 mod charts;
+pub mod client;
 pub mod config;
 pub mod metrics;
 mod pages;

@@ -3,6 +3,12 @@
 //! The node owns one [`Metrics`] (cheap to share behind an `Arc`), updates the families from
 //! its hot paths (all are lock-free atomics after the first use of a label set), and calls
 //! [`Metrics::encode`] from [`crate::ConsoleBackend::render_metrics`].
+//!
+//! Subsystems that expose totals rather than events (the NVRAM log, the HA driver, the
+//! interconnect) are fed through one plain struct, [`PollSample`], which the node's poller
+//! fills once per interval and hands to [`Metrics::record_poll`]: totals become counter
+//! increments (the metrics remember the previous totals), new latency observations go into the
+//! histograms, gauges are set.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,6 +18,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use crate::backend::{NodeState, OperationKind};
 
 /// Prefix of every metric name.
 pub const METRIC_PREFIX: &str = "twinfiler";
@@ -107,6 +116,124 @@ pub struct LinkLabels {
     pub link: String,
 }
 
+/// Most latency observations one [`PollSample`] may carry per histogram: the poller drains a
+/// bounded buffer; beyond this the excess is dropped (and counted as a warning) rather than
+/// letting one sample grow without bound.
+pub const POLL_OBSERVATIONS_MAX: usize = 100_000;
+
+/// What the node's poller samples once per interval for the metrics (plain data, no
+/// Prometheus types). Totals are cumulative since the subsystem started; a total that goes
+/// down (the subsystem restarted, e.g. the log after a takeover) counts from zero again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PollSample {
+    /// The NVRAM log, if this node runs one.
+    pub nvlog: Option<NvlogSample>,
+    /// Each node's current HA state (this node and, when known, the partner).
+    pub ha_states: Vec<(String, NodeState)>,
+    /// Takeover and giveback operations that ended since the previous sample.
+    pub ha_operations_ended: Vec<HaOperationEnded>,
+    /// Interconnect links.
+    pub links: Vec<LinkSample>,
+}
+
+/// The NVRAM log's figures for one [`PollSample`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NvlogSample {
+    /// Records appended (total).
+    pub appends_total: u64,
+    /// Bytes appended, record headers included (total).
+    pub append_bytes_total: u64,
+    /// Local persist latencies observed since the previous sample, in seconds.
+    pub persist_seconds: Vec<f64>,
+    /// Mirror round trips (send to partner's ack) observed since the previous sample, seconds.
+    pub mirror_seconds: Vec<f64>,
+    /// Bytes appended locally and not yet acknowledged by the partner.
+    pub mirror_lag_bytes: u64,
+    /// True while the mirror is degraded (partner down, taken over, or out of sync).
+    pub mirror_degraded: bool,
+}
+
+/// How an HA operation was carried out (the `mode` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaMode {
+    /// Graceful takeover that drained in time, or a giveback.
+    Graceful,
+    /// Operator-requested immediate takeover.
+    Immediate,
+    /// Graceful takeover whose countdown expired (forced).
+    Forced,
+    /// Hard takeover after heartbeat loss.
+    Hard,
+}
+
+impl HaMode {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            HaMode::Graceful => "graceful",
+            HaMode::Immediate => "immediate",
+            HaMode::Forced => "forced",
+            HaMode::Hard => "hard",
+        }
+    }
+}
+
+/// One takeover or giveback that ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HaOperationEnded {
+    /// Takeover or giveback.
+    pub kind: OperationKind,
+    /// How it was carried out.
+    pub mode: HaMode,
+    /// True when it succeeded.
+    pub succeeded: bool,
+    /// From request to outcome, in seconds.
+    pub seconds: f64,
+}
+
+/// One interconnect link's figures for one [`PollSample`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinkSample {
+    /// Link name ("ic0").
+    pub name: String,
+    /// Heartbeats missed on this link (total).
+    pub heartbeat_misses_total: u64,
+    /// Heartbeat round trips measured since the previous sample, in seconds.
+    pub heartbeat_rtt_seconds: Vec<f64>,
+}
+
+/// Totals of the previous poll.
+#[derive(Debug, Default)]
+struct PollTotals {
+    nvlog_appends: u64,
+    nvlog_append_bytes: u64,
+    heartbeat_misses: std::collections::HashMap<String, u64>,
+}
+
+/// The increment of a cumulative total since `last`; a total below `last` was reset.
+fn increment(last: u64, now: u64) -> u64 {
+    if now >= last {
+        now - last
+    } else {
+        now
+    }
+}
+
+/// The kebab-case name of an HA state, as in [`HA_STATES`] and the JSON API.
+pub fn ha_state_name(s: NodeState) -> &'static str {
+    match s {
+        NodeState::Normal => "normal",
+        NodeState::TakeoverCheck => "takeover-check",
+        NodeState::WaitingForShutdown => "waiting-for-shutdown",
+        NodeState::TakingOver => "taking-over",
+        NodeState::InTakeover => "in-takeover",
+        NodeState::Draining => "draining",
+        NodeState::WaitingForGiveback => "waiting-for-giveback",
+        NodeState::GivingBack => "giving-back",
+        NodeState::Down => "down",
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
@@ -129,6 +256,8 @@ fn duration_histogram() -> Histogram {
 /// Every metric family of a node. Fields are public: the node updates them directly.
 pub struct Metrics {
     registry: Registry,
+    /// Totals of the previous [`PollSample`], to turn totals into counter increments.
+    last_totals: Mutex<PollTotals>,
     /// NFS operations by procedure and status.
     pub nfs_ops: Family<NfsOpLabels, Counter>,
     /// NFS operation latency by procedure, seconds.
@@ -186,6 +315,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix(METRIC_PREFIX);
         let m = Metrics {
             registry: Registry::default(),
+            last_totals: Mutex::new(PollTotals::default()),
             nfs_ops: Family::default(),
             nfs_op_seconds: HistogramFamily::new_with_constructor(latency_histogram),
             nfs_bytes: Family::default(),
@@ -355,9 +485,76 @@ impl Metrics {
         }
     }
 
+    /// Fold one poll of the node's subsystems into the metrics (see [`PollSample`]).
+    pub fn record_poll(&self, sample: &PollSample) {
+        let mut last = self.last_totals.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = &sample.nvlog {
+            self.nvlog_appends
+                .inc_by(increment(last.nvlog_appends, n.appends_total));
+            self.nvlog_append_bytes
+                .inc_by(increment(last.nvlog_append_bytes, n.append_bytes_total));
+            last.nvlog_appends = n.appends_total;
+            last.nvlog_append_bytes = n.append_bytes_total;
+            observe_all(&self.nvlog_persist_seconds, &n.persist_seconds);
+            observe_all(&self.nvlog_mirror_seconds, &n.mirror_seconds);
+            self.nvlog_mirror_lag_bytes
+                .set(i64::try_from(n.mirror_lag_bytes).unwrap_or(i64::MAX));
+            self.nvlog_mirror_degraded.set(i64::from(n.mirror_degraded));
+        }
+        for (node, state) in &sample.ha_states {
+            self.set_ha_state(node, ha_state_name(*state));
+        }
+        for op in &sample.ha_operations_ended {
+            let labels = OperationLabels {
+                kind: match op.kind {
+                    OperationKind::Takeover => "takeover",
+                    OperationKind::Giveback => "giveback",
+                }
+                .to_string(),
+                mode: op.mode.label().to_string(),
+                result: if op.succeeded { "success" } else { "failure" }.to_string(),
+            };
+            self.ha_operations.get_or_create(&labels).inc();
+            self.ha_operation_seconds
+                .get_or_create(&labels)
+                .observe(op.seconds);
+        }
+        for link in &sample.links {
+            let labels = LinkLabels {
+                link: link.name.clone(),
+            };
+            let previous = last
+                .heartbeat_misses
+                .insert(link.name.clone(), link.heartbeat_misses_total)
+                .unwrap_or(0);
+            self.heartbeat_misses
+                .get_or_create(&labels)
+                .inc_by(increment(previous, link.heartbeat_misses_total));
+            let rtt = self.heartbeat_rtt_seconds.get_or_create(&labels);
+            observe_all(&rtt, &link.heartbeat_rtt_seconds);
+        }
+    }
+
     /// Append the OpenMetrics text exposition (what Prometheus prefers to scrape) to `out`.
     pub fn encode(&self, out: &mut String) -> std::fmt::Result {
         encode(out, &self.registry)
+    }
+}
+
+/// Observe at most [`POLL_OBSERVATIONS_MAX`] values (negative or NaN ones are skipped: a
+/// latency cannot be).
+fn observe_all(h: &Histogram, values: &[f64]) {
+    if values.len() > POLL_OBSERVATIONS_MAX {
+        tracing::warn!(
+            count = values.len(),
+            kept = POLL_OBSERVATIONS_MAX,
+            "too many latency observations in one poll; dropping the excess"
+        );
+    }
+    for &v in values.iter().take(POLL_OBSERVATIONS_MAX) {
+        if v >= 0.0 {
+            h.observe(v);
+        }
     }
 }
 
@@ -412,6 +609,71 @@ mod tests {
             "# HELP x_ops_total Ops.\n# TYPE x_ops_total counter\nx_ops_total 3\n\
              # HELP x_lag Lag.\n# TYPE x_lag gauge\nx_lag 1\n"
         );
+    }
+
+    #[test]
+    fn poll_samples_become_increments_observations_and_gauges() {
+        let m = Metrics::new();
+        let mut sample = PollSample {
+            nvlog: Some(NvlogSample {
+                appends_total: 10,
+                append_bytes_total: 4096,
+                persist_seconds: vec![0.000_02, 0.000_03, f64::NAN],
+                mirror_seconds: vec![0.000_1],
+                mirror_lag_bytes: 512,
+                mirror_degraded: true,
+            }),
+            ha_states: vec![("a".into(), NodeState::InTakeover)],
+            ha_operations_ended: vec![HaOperationEnded {
+                kind: OperationKind::Takeover,
+                mode: HaMode::Forced,
+                succeeded: true,
+                seconds: 31.5,
+            }],
+            links: vec![LinkSample {
+                name: "ic0".into(),
+                heartbeat_misses_total: 3,
+                heartbeat_rtt_seconds: vec![0.000_08],
+            }],
+        };
+        m.record_poll(&sample);
+        // Second poll: totals advance; a log restart (total below the last) counts from zero.
+        sample.nvlog.as_mut().unwrap().appends_total = 4;
+        sample.nvlog.as_mut().unwrap().append_bytes_total = 8192;
+        sample.ha_operations_ended.clear();
+        sample.links[0].heartbeat_misses_total = 5;
+        m.record_poll(&sample);
+        assert_eq!(m.nvlog_appends.get(), 14);
+        assert_eq!(m.nvlog_append_bytes.get(), 8192);
+        assert_eq!(m.nvlog_mirror_lag_bytes.get(), 512);
+        assert_eq!(m.nvlog_mirror_degraded.get(), 1);
+        let link = LinkLabels { link: "ic0".into() };
+        assert_eq!(m.heartbeat_misses.get_or_create(&link).get(), 5);
+        let mut text = String::new();
+        m.encode(&mut text).unwrap();
+        assert!(
+            text.contains("twinfiler_nvlog_persist_seconds_count 4\n"),
+            "{text}"
+        );
+        assert!(text.contains("twinfiler_heartbeat_rtt_seconds_count{link=\"ic0\"} 2\n"));
+        assert!(text.contains(
+            "twinfiler_ha_operations_total{kind=\"takeover\",mode=\"forced\",result=\"success\"} 1\n"
+        ));
+        assert!(text.contains("twinfiler_ha_state{node=\"a\",state=\"in-takeover\"} 1\n"));
+        assert!(text.contains("twinfiler_ha_state{node=\"a\",state=\"normal\"} 0\n"));
+    }
+
+    #[test]
+    fn ha_state_names_match_the_api() {
+        for s in [
+            NodeState::Normal,
+            NodeState::WaitingForGiveback,
+            NodeState::TakeoverCheck,
+        ] {
+            let json = serde_json::to_value(s).unwrap();
+            assert_eq!(json.as_str(), Some(ha_state_name(s)));
+            assert!(HA_STATES.contains(&ha_state_name(s)));
+        }
     }
 
     #[test]

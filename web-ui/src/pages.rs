@@ -13,8 +13,8 @@ use serde::Deserialize;
 use crate::api::validate_mode;
 use crate::auth::{cookie, Identity, LoginOutcome};
 use crate::backend::{
-    CheckResult, Health, NodeState, NodeStatus, OperationId, Outcome, PairStatus, Progress,
-    StepState, TakeoverMode, COUNTDOWN_S_MAX, COUNTDOWN_S_MIN,
+    CheckResult, Health, NodeState, NodeStatus, OperationId, OperationKind, Outcome, PairStatus,
+    Progress, StepState, TakeoverMode, COUNTDOWN_S_MAX, COUNTDOWN_S_MIN,
 };
 use crate::charts::sparkline;
 use crate::server::{ClientIp, PageUser, Shared};
@@ -22,6 +22,8 @@ use crate::server::{ClientIp, PageUser, Shared};
 /// Our own script and stylesheet, shipped in the binary.
 const SCRIPT_JS: &str = include_str!("../assets/console.js");
 const STYLE_CSS: &str = include_str!("../assets/console.css");
+/// The tab icon (browsers ask for one on every page; a 404 would litter their console).
+const FAVICON_SVG: &str = include_str!("../assets/favicon.svg");
 /// Cookie carrying the login form's anti-CSRF token (there is no session yet to bind it to).
 const LOGIN_CSRF_COOKIE: &str = "twinfiler_login_csrf";
 /// Bytes of randomness in the login CSRF token.
@@ -41,6 +43,11 @@ pub(crate) async fn script() -> Response {
 /// `GET /static/console.css`
 pub(crate) async fn stylesheet() -> Response {
     static_asset("text/css; charset=utf-8", STYLE_CSS)
+}
+
+/// `GET /static/favicon.svg`
+pub(crate) async fn favicon() -> Response {
+    static_asset("image/svg+xml", FAVICON_SVG)
 }
 
 fn static_asset(content_type: &'static str, body: &'static str) -> Response {
@@ -67,6 +74,7 @@ fn layout(title: &str, who: Option<&Identity>, head_extra: Markup, body: Markup)
                 }
                 title { (title) " — twinfiler" }
                 link rel="stylesheet" href="/static/console.css";
+                link rel="icon" type="image/svg+xml" href="/static/favicon.svg";
                 script src="/static/console.js" defer {}
                 (head_extra)
             }
@@ -342,9 +350,9 @@ fn node_card(n: &NodeStatus, local: bool) -> Markup {
                 }
             }
             h3 { "Exports" }
-            ul { @for e in &n.exports { li { code { (e.path) } " on " (e.aggregate) " at " (e.address) } } }
+            ul.exports { @for e in &n.exports { li { code { (e.path) } " on " (e.aggregate) " at " (e.address) } } }
             h3 { "Clients (" (n.clients.len()) ")" }
-            ul { @for c in &n.clients { li { (c.address) " (" (c.protocol) ")" } } }
+            ul.clients { @for c in &n.clients { li { (c.address) " (" (c.protocol) ")" } } }
         }
     }
 }
@@ -598,7 +606,10 @@ fn step_symbol(s: StepState) -> &'static str {
 
 fn progress_markup(p: &Progress) -> Markup {
     html! {
-        h1 { (serde_plain(p.kind)) " of node " (p.target) }
+        h1 {
+            (match p.kind { OperationKind::Takeover => "Takeover", OperationKind::Giveback => "Giveback" })
+            " of node " (p.target)
+        }
         p { "Operation " (p.id) ", requested by " (p.actor) "." }
         div #progress data-op=(p.id) data-finished=(if p.is_finished() { "1" } else { "0" }) {
             ol.steps {
@@ -606,6 +617,7 @@ fn progress_markup(p: &Progress) -> Markup {
                     li class=(serde_plain(s.state)) {
                         span.sym { (step_symbol(s.state)) } " " strong { (s.name) }
                         @if !s.detail.is_empty() { " — " span.detail { (s.detail) } }
+                        @if let Some(at) = s.at_unix_ms { " " small.at { (fmt_time(at)) } }
                     }
                 }
             }

@@ -49,6 +49,7 @@ pub fn router(backend: Arc<dyn ConsoleBackend>, config: ConsoleConfig) -> Router
         .route("/operations/{id}", get(pages::operation))
         .route("/static/console.js", get(pages::script))
         .route("/static/console.css", get(pages::stylesheet))
+        .route("/static/favicon.svg", get(pages::favicon))
         .route("/api/v1/status", get(api::status))
         .route("/api/v1/events", get(api::events))
         .route("/api/v1/takeover/check", post(api::takeover_check))

@@ -15,6 +15,8 @@ use tokio::sync::watch;
 use crate::backend::*;
 use crate::metrics::Metrics;
 
+pub mod browser;
+
 /// Steps of a fake graceful takeover, in order.
 pub const TAKEOVER_STEPS: [&str; 8] = [
     "check",
