@@ -9,7 +9,9 @@
 
 use crate::format::{self, PAYLOAD_BYTES_MAX};
 use crate::log::{LogArea, Replay, ReplayError};
-use crate::mirror::{LocalEvent, MirrorState, Receiver, Sender, SenderConfig, TAKEOVER_IMPOSSIBLE};
+use crate::mirror::{
+    DegradePolicy, LocalEvent, MirrorState, Receiver, Sender, SenderConfig, TAKEOVER_IMPOSSIBLE,
+};
 use crate::proto::{Frame, MirrorKey};
 use crate::region::{Area, Region, RegionError, HALF_BYTES_DEFAULT, REGION_PATH_DEFAULT};
 use crate::tcp::{AuthFailures, TcpAcceptor, TcpConnector};
@@ -574,6 +576,112 @@ impl Nvlog {
             Some(r) => lock(r).takeover_readiness(),
             None => Err(TAKEOVER_IMPOSSIBLE),
         }
+    }
+
+    /// Sets who decides that appends stop waiting for the partner (a clustered node hands
+    /// the decision to its takeover machine: [`DegradePolicy::Never`] until the machine says
+    /// [`DegradePolicy::Local`]). No effect without a partner.
+    pub fn set_degrade_policy(&self, policy: DegradePolicy) {
+        let resolved = {
+            let mut st = lock(&self.inner.st);
+            let Some(sender) = st.sender.as_mut() else {
+                return;
+            };
+            sender.set_degrade_policy(policy);
+            resolve(&mut st)
+        };
+        resolved.wake();
+        self.inner.try_lead();
+    }
+
+    /// Whether every durable record is in the partner's mirror and acknowledged (true
+    /// without a partner): a resync after a local-only period is complete.
+    pub fn mirror_synced(&self) -> bool {
+        let st = lock(&self.inner.st);
+        match &st.sender {
+            Some(s) => s.synced(),
+            None => true,
+        }
+    }
+
+    /// Opens (true) or closes our mirror area to the partner's log (closed while we take
+    /// over or serve the partner's identity).
+    pub fn set_accept_partner(&self, accept: bool) {
+        if let Some(r) = &self.inner.receiver {
+            lock(r).set_accepting(accept);
+        }
+    }
+
+    /// Restarts the own log at `first_seq`: both halves are emptied, and the next record
+    /// gets `first_seq`. For a log whose every record is covered by the file system (its
+    /// `applied_seq` is at least `first_seq - 1`), e.g. after the partner served our
+    /// identity and continued our sequence numbers: new records must sort after what the
+    /// file system already applied, or a replay would skip them. Refused while appends are
+    /// in flight or when it would move the sequence backwards.
+    pub fn restart_at(&self, first_seq: u64) -> Result<(), String> {
+        let inner = &self.inner;
+        let lead = {
+            let mut st = lock(&inner.st);
+            if !st.waiters.is_empty() || !st.pending.is_empty() || st.committing {
+                return Err("appends are in flight".into());
+            }
+            if first_seq < st.writer.next_seq {
+                return Err(format!(
+                    "the log already holds seq {}; cannot restart it at {first_seq}",
+                    st.writer.next_seq - 1
+                ));
+            }
+            if first_seq == st.writer.next_seq {
+                return Ok(());
+            }
+            let active = st.writer.active;
+            for half in [1 - active, active] {
+                let generation = st.writer.generation[half] + 1;
+                let base_seq = if half == active { first_seq } else { 0 };
+                inner.own.reset_half(half, generation, base_seq);
+                let w = &mut st.writer;
+                w.generation[half] = generation;
+                w.base_seq[half] = base_seq;
+                w.write_end[half] = 0;
+                w.last_seq[half] = 0;
+                st.pending.push_back(Pending::Reset {
+                    half,
+                    generation,
+                    base_seq,
+                });
+            }
+            st.writer.next_seq = first_seq;
+            st.durable_seq = first_seq - 1;
+            st.cp_wanted = false;
+            let lead = may_commit(&st);
+            st.committing |= lead;
+            lead
+        };
+        tracing::info!(
+            first_seq,
+            "nvlog: log restarted past the file system's applied seq"
+        );
+        if lead {
+            inner.commit_loop();
+        }
+        inner.space.notify_waiters();
+        Ok(())
+    }
+
+    /// Highest record sequence in our mirror of the partner's log (0 when empty).
+    pub fn mirror_last_seq(&self) -> Result<u64, ReplayError> {
+        let _guard = self.inner.receiver.as_ref().map(|r| lock(r));
+        Ok(self
+            .inner
+            .mirror
+            .scan()?
+            .iter()
+            .filter_map(|s| {
+                s.last_seq()
+                    .or(s.header.map(|h| h.base_seq.saturating_sub(1)))
+            })
+            .max()
+            .unwrap_or(0))
     }
 
     /// Payload bytes appended since open.

@@ -45,7 +45,7 @@ pub mod transport;
 
 pub use engine::{AppendError, Config, Durable, MirrorConfig, Nvlog, OpenError, Status};
 pub use log::{Record, Replay, ReplayError, Tail};
-pub use mirror::{MirrorState, SenderConfig, TAKEOVER_IMPOSSIBLE};
+pub use mirror::{DegradePolicy, MirrorState, SenderConfig, TAKEOVER_IMPOSSIBLE};
 pub use proto::MirrorKey;
 pub use region::{PersistMode, Region};
 

@@ -60,6 +60,22 @@ pub enum MirrorState {
     },
 }
 
+/// Who decides that acknowledgements stop waiting for the partner's mirror.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DegradePolicy {
+    /// The sender itself, after `degraded_after_ms` without the partner (a mirrored node
+    /// that is not part of a cluster).
+    Auto,
+    /// Never on its own: appends wait for the partner until the cluster says otherwise
+    /// (the cluster first records `unmirrored` on disk, where a taker reads it after fencing).
+    Never,
+    /// Local-only now, by order of the cluster (partner down, cut, or taken over by us).
+    Local,
+}
+
+/// Why the mirror refuses the partner's frames while this node holds the partner's identity.
+pub const MIRROR_CLOSED: &str = "mirror closed: this node holds (or is taking) your identity";
+
 /// The message the partner gets when asking to take over while the mirror is not in sync.
 pub const TAKEOVER_IMPOSSIBLE: &str = "takeover impossible: mirror not in sync";
 
@@ -134,6 +150,7 @@ pub struct Sender {
     unacked_since_ms: u64,
     healthy_at_ms: u64,
     degraded: Option<String>,
+    policy: DegradePolicy,
     last_reject: Option<String>,
     counters: SenderCounters,
 }
@@ -159,9 +176,38 @@ impl Sender {
             unacked_since_ms: now_ms,
             healthy_at_ms: now_ms,
             degraded: None,
+            policy: DegradePolicy::Auto,
             last_reject: None,
             counters: SenderCounters::default(),
         }
+    }
+
+    /// Sets who decides degradation (see [`DegradePolicy`]). `Never` also leaves a degraded
+    /// state: from now on appends resolve only once mirrored.
+    pub fn set_degrade_policy(&mut self, policy: DegradePolicy) {
+        if policy == self.policy {
+            return;
+        }
+        match policy {
+            DegradePolicy::Local => {
+                self.counters.degraded_entries += 1;
+                tracing::warn!("nvlog mirror: local-only logging by order of the cluster ({TAKEOVER_IMPOSSIBLE})");
+            }
+            DegradePolicy::Never => {
+                if self.is_degraded() {
+                    tracing::info!("nvlog mirror: leaving local-only logging; appends wait for the partner again");
+                }
+                self.degraded = None;
+            }
+            DegradePolicy::Auto => {}
+        }
+        self.policy = policy;
+    }
+
+    /// Whether every record is in the partner's mirror and nothing is in flight (a resync
+    /// after a degraded period is complete).
+    pub fn synced(&self) -> bool {
+        self.in_sync && self.all_acked()
     }
 
     /// The transport connected: start a new session (sends Hello).
@@ -489,7 +535,7 @@ impl Sender {
         let idle = self.inflight.is_empty() && self.queue.is_empty();
         let healthy =
             self.in_sync && (idle || now_ms < self.unacked_since_ms + self.cfg.degraded_after_ms);
-        if healthy {
+        if healthy || self.policy != DegradePolicy::Auto {
             self.healthy_at_ms = now_ms;
         } else if self.degraded.is_none()
             && now_ms >= self.healthy_at_ms + self.cfg.degraded_after_ms
@@ -515,7 +561,7 @@ impl Sender {
 
     /// Records with `seq <= ` this may resolve, given the local durable sequence.
     pub fn resolvable_seq(&self, durable_seq: u64) -> u64 {
-        if self.degraded.is_some() {
+        if self.is_degraded() {
             durable_seq
         } else {
             durable_seq.min(self.mirrored_seq)
@@ -524,7 +570,7 @@ impl Sender {
 
     /// Whether the mirror is in MIRROR_DEGRADED (appends resolve locally).
     pub fn is_degraded(&self) -> bool {
-        self.degraded.is_some()
+        self.degraded.is_some() || self.policy == DegradePolicy::Local
     }
 
     /// Highest sequence acknowledged durable by the partner.
@@ -534,7 +580,11 @@ impl Sender {
 
     /// Current state.
     pub fn state(&self) -> MirrorState {
-        if let Some(reason) = &self.degraded {
+        if self.policy == DegradePolicy::Local {
+            MirrorState::Degraded {
+                reason: "local-only logging: the partner is down, cut off, or taken over".into(),
+            }
+        } else if let Some(reason) = &self.degraded {
             MirrorState::Degraded {
                 reason: reason.clone(),
             }
@@ -594,6 +644,7 @@ pub struct Receiver {
     session_last_seq: u64,
     ack_due: bool,
     in_sync: bool,
+    accepting: bool,
     counters: ReceiverCounters,
 }
 
@@ -638,6 +689,7 @@ impl Receiver {
             session_last_seq: 0,
             ack_due: false,
             in_sync: false,
+            accepting: true,
             counters: ReceiverCounters::default(),
         })
     }
@@ -645,11 +697,29 @@ impl Receiver {
     /// A frame arrived; returns frames to send back at once (Welcome or Reject).
     /// Acks are coalesced: call [`Receiver::take_ack`] once the input is drained.
     pub fn on_frame(&mut self, frame: Frame) -> Option<Frame> {
+        if !self.accepting
+            && !matches!(
+                frame,
+                Frame::Welcome { .. } | Frame::Reject { .. } | Frame::Ack { .. }
+            )
+        {
+            return Some(Frame::Reject {
+                reason: MIRROR_CLOSED.into(),
+            });
+        }
         match frame {
             Frame::Hello { epoch, session } => self.on_hello(epoch, session),
             Frame::Reset { session, lsn, .. }
             | Frame::Append { session, lsn, .. }
             | Frame::Synced { session, lsn } => {
+                if self.session.is_none() {
+                    // Our side ended the session (the mirror was closed and reopened): the
+                    // sender must start a new one, or it would retransmit into the void.
+                    self.counters.dropped += 1;
+                    return Some(Frame::Reject {
+                        reason: "no session: send Hello again".into(),
+                    });
+                }
                 if self.session.map(|s| s.1) != Some(session) || lsn != self.next_lsn {
                     self.counters.dropped += 1;
                     // A duplicate of something applied: re-ack so the sender moves on.
@@ -833,6 +903,19 @@ impl Receiver {
             lsn: self.next_lsn - 1,
             seq: self.session_last_seq,
         })
+    }
+
+    /// Opens or closes the mirror area to the partner. Closed while this node takes over or
+    /// serves the partner's identity: the partner must not acknowledge writes on the
+    /// strength of a mirror that is being replayed (or already was). Closing ends the
+    /// session; the partner's next frame is rejected.
+    pub fn set_accepting(&mut self, accepting: bool) {
+        if !accepting && self.accepting {
+            self.session = None;
+            self.in_sync = false;
+            self.ack_due = false;
+        }
+        self.accepting = accepting;
     }
 
     /// The connection carrying the session closed.

@@ -402,3 +402,72 @@ fn damaged_mirror_is_resent_in_full_by_the_partner() {
     assert_eq!(mirror.records, owner.replay_own(0).expect("own").records);
     assert_eq!(mirror.records.len(), 20);
 }
+
+/// The controls a clustered node uses: appends wait for the partner under `Never` (no
+/// degradation on its own), resolve locally under `Local`; a closed mirror area refuses the
+/// partner; a restarted log continues past a given seq and the partner's mirror follows.
+#[test]
+fn cluster_controls_degradation_mirror_acceptance_and_log_restart() {
+    let dir = shm_dir();
+    let (partner, addr) = listening_partner(&dir.path().join("b.nvram"), "pair");
+    let owner = node(&dir.path().join("a.nvram"), Some(addr), None, "pair", 100);
+    owner.set_degrade_policy(nvlog::DegradePolicy::Never);
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async {
+        owner.append(kind::OP, b"zero").await.expect("append");
+        wait_until("mirror synced", || owner.mirror_synced());
+        // Closed and reopened before the sender sent anything: it must notice and resync.
+        partner.set_accept_partner(false);
+        partner.set_accept_partner(true);
+        tokio::time::timeout(Duration::from_secs(10), owner.append(kind::OP, b"one"))
+            .await
+            .expect("resolves after the mirror reopened")
+            .expect("append");
+        wait_until("mirror synced", || owner.mirror_synced());
+
+        // Closed mirror: an append neither resolves nor degrades on its own.
+        partner.set_accept_partner(false);
+        let pending = owner.submit(kind::OP, b"two").expect("submit");
+        let waited = tokio::time::timeout(Duration::from_millis(600), pending).await;
+        assert!(
+            waited.is_err(),
+            "an append resolved without the mirror under Never"
+        );
+        assert!(!matches!(
+            owner.status().mirror,
+            MirrorState::Degraded { .. }
+        ));
+
+        // The cluster orders local-only logging: appends resolve at once.
+        owner.set_degrade_policy(nvlog::DegradePolicy::Local);
+        let seq = tokio::time::timeout(Duration::from_secs(5), owner.append(kind::OP, b"three"))
+            .await
+            .expect("resolves when local-only")
+            .expect("append");
+        assert_eq!(seq, 4);
+        assert!(matches!(
+            owner.status().mirror,
+            MirrorState::Degraded { .. }
+        ));
+
+        // Restart the log past seq 100; reopen the mirror; resync; the partner follows.
+        owner.restart_at(101).expect("restart");
+        assert!(
+            owner.restart_at(50).is_err(),
+            "a restart must not go backwards"
+        );
+        partner.set_accept_partner(true);
+        owner.set_degrade_policy(nvlog::DegradePolicy::Never);
+        assert_eq!(owner.append(kind::OP, b"four").await.expect("append"), 101);
+        wait_until("mirror resynced", || owner.mirror_synced());
+        assert_eq!(partner.mirror_last_seq().expect("mirror"), 101);
+        let seqs: Vec<u64> = partner
+            .replay_mirror(0)
+            .expect("replay")
+            .records
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, vec![101]);
+    });
+}

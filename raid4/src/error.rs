@@ -76,6 +76,13 @@ pub enum Raid4Error {
     /// The operation does not fit the group's state (e.g. rebuild with nothing failed).
     #[error("{0}")]
     State(String),
+    /// This node no longer holds the aggregate's disks (the partner preempted the
+    /// reservation): nothing is written.
+    #[error("aggregate {uuid} is fenced: this node no longer holds its disks (the partner took them over); nothing was written")]
+    Fenced {
+        /// The aggregate.
+        uuid: uuid::Uuid,
+    },
     /// The io_uring engine could not start.
     #[error("cannot start the io_uring engine: {0}; check that io_uring is enabled (sysctl kernel.io_uring_disabled=0) and RLIMIT_MEMLOCK")]
     Engine(io::Error),

@@ -108,6 +108,8 @@ pub struct Group {
     pub(crate) engine: Engine,
     pub(crate) state: Mutex<State>,
     pub(crate) label_lock: futures::lock::Mutex<()>,
+    /// While set and false, nothing is written (see [`Group::set_write_gate`]).
+    pub(crate) write_gate: Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>,
     pub(crate) stripes: StripeLocks,
     pub(crate) stamp: AtomicU64,
     pub(crate) counters: GroupCounters,
@@ -175,6 +177,22 @@ impl From<Raid4Error> for ReadFailure {
 }
 
 impl Group {
+    /// Makes every later write depend on `held` (the reservation monitor's flag): while it
+    /// is false, stripe and label writes fail with [`Raid4Error::Fenced`] and touch no disk.
+    /// A node that lost its disks to the partner must not write them.
+    pub fn set_write_gate(&self, held: Arc<std::sync::atomic::AtomicBool>) {
+        *self.write_gate.lock().expect("gate") = Some(held);
+    }
+
+    fn check_write_gate(&self) -> Result<(), Raid4Error> {
+        match &*self.write_gate.lock().expect("gate") {
+            Some(held) if !held.load(Ordering::Acquire) => {
+                Err(Raid4Error::Fenced { uuid: self.uuid })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The aggregate's uuid.
     pub fn uuid(&self) -> Uuid {
         self.uuid
@@ -295,6 +313,7 @@ impl Group {
             )));
         }
         self.view()?;
+        self.check_write_gate()?;
         // A bounded window of stripes in flight: while stripe k's IO runs, k+1 is prepared.
         // (A plain loop over FuturesUnordered rather than stream combinators with closures,
         // whose futures would not be `Send` for tokio::spawn.)
@@ -324,6 +343,7 @@ impl Group {
 
     async fn write_stripe(&self, stripe: u64, data: &[u8]) -> Result<(), Raid4Error> {
         let _lock = self.stripes.lock(stripe).await;
+        self.check_write_gate()?;
         let view = self.view()?;
         let g = self.geo;
         let mut slots = self.engine.pool().acquire(g.positions()).await;
@@ -930,6 +950,10 @@ impl Group {
     /// A disk that fails its label write is failed out and the round repeats (bounded).
     pub(crate) async fn write_labels(&self) {
         let _serial = self.label_lock.lock().await;
+        if let Err(e) = self.check_write_gate() {
+            tracing::warn!("labels not written: {e}");
+            return;
+        }
         for _round in 0..=POSITIONS_MAX {
             let targets: Vec<(Option<usize>, Arc<Disk>, Vec<u8>)> = {
                 let st = self.state.lock().expect("state");

@@ -116,6 +116,9 @@ pub struct NodeConfig {
     /// The operator console (web UI, JSON API, metrics); absent = no console.
     #[serde(default)]
     pub console: Option<ConsoleSection>,
+    /// The HA pair (interconnect, takeover); absent = a node that is never taken over.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
     /// Where this configuration came from (set by [`NodeConfig::load`], for messages).
     #[serde(skip)]
     pub source: PathBuf,
@@ -202,6 +205,87 @@ pub struct ConsoleSection {
     pub partner_token_file: Option<PathBuf>,
 }
 
+/// The HA pair: who the partner is, how to reach it, and the takeover bounds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This node's number in the pair: 0 or 1 (node 1 listens on the interconnect, node 0
+    /// dials).
+    pub node_id: u8,
+    /// The partner's node configuration: its aggregate, data address, ports and exports are
+    /// what this node serves after taking it over. Relative to this file.
+    pub partner_config: PathBuf,
+    /// Interconnect links, in the same order on both nodes.
+    pub links: Vec<LinkSection>,
+    /// Interface on which non-loopback data addresses are raised (with
+    /// `nfs.bind_prefix_len`); without it the addresses are expected to exist already.
+    #[serde(default)]
+    pub data_interface: Option<String>,
+    /// The log of the partner's identity while this node serves it; default
+    /// `<state_dir>/partner.nvram`.
+    #[serde(default)]
+    pub takeover_log: Option<PathBuf>,
+    /// Heartbeat cadence, ms.
+    #[serde(default = "heartbeat_interval_ms_default")]
+    pub heartbeat_interval_ms: u64,
+    /// Partner silent (interconnect and mailbox) this long = dead: hard takeover, ms.
+    #[serde(default = "heartbeat_loss_ms_default")]
+    pub heartbeat_loss_ms: u64,
+    /// Default countdown of a graceful takeover, ms.
+    #[serde(default = "countdown_ms_default")]
+    pub countdown_ms: u64,
+    /// Give back automatically once the partner waits and is healthy.
+    #[serde(default)]
+    pub auto_giveback: bool,
+    /// Delay before an automatic giveback, ms.
+    #[serde(default = "auto_giveback_delay_ms_default")]
+    pub auto_giveback_delay_ms: u64,
+    /// Take over a dead partner (heartbeat and mailbox silent).
+    #[serde(default = "hard_takeover_default")]
+    pub hard_takeover: bool,
+}
+
+/// One interconnect link.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSection {
+    /// Our end (node 1 listens here; node 0 binds its source address to this IP).
+    pub local: SocketAddr,
+    /// The partner's end.
+    pub peer: SocketAddr,
+}
+
+impl ClusterSection {
+    /// The takeover machine's bounds: these keys over its defaults.
+    pub fn takeover_config(&self) -> cluster::TakeoverConfig {
+        cluster::TakeoverConfig {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            heartbeat_loss_ms: self.heartbeat_loss_ms,
+            countdown_ms: self.countdown_ms,
+            auto_giveback: self.auto_giveback,
+            auto_giveback_delay_ms: self.auto_giveback_delay_ms,
+            hard_takeover_enabled: self.hard_takeover,
+            ..cluster::TakeoverConfig::default()
+        }
+    }
+}
+
+fn heartbeat_interval_ms_default() -> u64 {
+    cluster::TakeoverConfig::default().heartbeat_interval_ms
+}
+fn heartbeat_loss_ms_default() -> u64 {
+    cluster::TakeoverConfig::default().heartbeat_loss_ms
+}
+fn countdown_ms_default() -> u64 {
+    cluster::TakeoverConfig::default().countdown_ms
+}
+fn auto_giveback_delay_ms_default() -> u64 {
+    cluster::TakeoverConfig::default().auto_giveback_delay_ms
+}
+fn hard_takeover_default() -> bool {
+    true
+}
+
 /// Largest API token file read.
 const API_TOKENS_FILE_BYTES_MAX: u64 = 1 << 20;
 /// Length of a BLAKE3 hex digest.
@@ -282,6 +366,11 @@ pub struct NfsSection {
     /// The address every listener binds (portmap, MOUNT, NFS): the node's identity address.
     /// A specific address, not a wildcard: rpcbind answers name the address asked.
     pub bind: IpAddr,
+    /// Prefix length of `bind` when the node raises it itself (`[cluster] data_interface`):
+    /// added over netlink with gratuitous ARP when the identity starts being served here,
+    /// removed when it stops. Loopback addresses are never raised (just bound).
+    #[serde(default)]
+    pub bind_prefix_len: Option<u8>,
     /// Portmapper/rpcbind port (TCP and UDP); 0 = any free port (tests).
     #[serde(default = "portmap_port_default")]
     pub portmap_port: u16,
@@ -407,6 +496,55 @@ impl NodeConfig {
         {
             fix(f);
         }
+        if let Some(c) = &mut self.cluster {
+            fix(&mut c.partner_config);
+            if let Some(l) = &mut c.takeover_log {
+                fix(l);
+            }
+        }
+    }
+
+    /// The partner's configuration (`[cluster] partner_config`), loaded and checked against
+    /// ours: same pair key file contents, the other node id, another data address.
+    pub fn load_partner(&self) -> Result<Option<NodeConfig>, ConfigError> {
+        let Some(c) = &self.cluster else {
+            return Ok(None);
+        };
+        let partner = NodeConfig::load(&c.partner_config)?;
+        let bad = |message: String| ConfigError::Invalid {
+            path: self.source.clone(),
+            message,
+        };
+        match &partner.cluster {
+            Some(pc) if pc.node_id == 1 - c.node_id => {}
+            _ => {
+                return Err(bad(format!(
+                    "the partner config {} must have a [cluster] section with node_id = {}",
+                    c.partner_config.display(),
+                    1 - c.node_id
+                )))
+            }
+        }
+        if partner.name == self.name {
+            return Err(bad("the partner must have another `name`".into()));
+        }
+        if partner.nfs.bind == self.nfs.bind {
+            return Err(bad(format!(
+                "the partner's data address {} is ours too: each identity needs its own",
+                self.nfs.bind
+            )));
+        }
+        Ok(Some(partner))
+    }
+
+    /// Where this node keeps the log of the partner's identity while serving it.
+    pub fn takeover_log_path(&self) -> Option<PathBuf> {
+        let c = self.cluster.as_ref()?;
+        Some(
+            c.takeover_log
+                .clone()
+                .unwrap_or_else(|| self.state_dir.join("partner.nvram")),
+        )
     }
 
     /// Parses and validates configuration text; `source` names it in errors.
@@ -627,6 +765,14 @@ impl PairKey {
     /// The file-handle MAC key (same on both nodes, stable across restarts).
     pub fn fh_key_bytes(&self) -> [u8; 32] {
         blake3::derive_key("twinfiler file handles v1", &self.0)
+    }
+
+    /// The interconnect's key (handshake and frame MACs).
+    pub fn interconnect_key(&self) -> cluster::interconnect::frame::PairKey {
+        cluster::interconnect::frame::PairKey(blake3::derive_key(
+            "twinfiler interconnect key v1",
+            &self.0,
+        ))
     }
 
     /// The nvlog mirror's frame MAC key.

@@ -47,6 +47,8 @@ const REQUEST_MS_MAX: u64 = 5_000;
 const CONSOLE_PORT_DEFAULT: u16 = 8080;
 /// NVRAM mirror port on each node's address.
 const MIRROR_PORT: u16 = 7401;
+/// Interconnect port on both node addresses.
+const INTERCONNECT_PORT: u16 = 7400;
 /// Ports (portmap, MOUNT, NFS) without root or with `--high-ports`.
 pub const HIGH_PORTS: Ports = Ports {
     portmap: 10111,
@@ -93,19 +95,25 @@ pub struct DemoArgs {
 
 /// One node of the demo pair.
 struct Member {
+    id: u8,
     name: &'static str,
+    partner_name: &'static str,
     addr: Ipv4Addr,
     partner_addr: Ipv4Addr,
 }
 
 const MEMBERS: [Member; 2] = [
     Member {
+        id: 0,
         name: "a",
+        partner_name: "b",
         addr: Ipv4Addr::new(127, 0, 0, 11),
         partner_addr: Ipv4Addr::new(127, 0, 0, 12),
     },
     Member {
+        id: 1,
         name: "b",
+        partner_name: "a",
         addr: Ipv4Addr::new(127, 0, 0, 12),
         partner_addr: Ipv4Addr::new(127, 0, 0, 11),
     },
@@ -200,7 +208,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => {}
             _ = sigint.recv() => {}
-            name = pair.wait_any_exit() => eprintln!("node {name} exited; stopping the other"),
+            _ = pair.watch_exits() => eprintln!("both nodes exited"),
         }
         Ok(())
     };
@@ -338,6 +346,12 @@ create_export_dirs = true
 path = "/{name}"
 rules = ["127.0.0.0/8(rw,no_root_squash,insecure)"]
 
+[cluster]
+node_id = {id}
+partner_config = "{partner_config}"
+links = [{{ local = "{addr}:{INTERCONNECT_PORT}", peer = "{partner}:{INTERCONNECT_PORT}" }}]
+takeover_log = "{takeover_log}"
+
 [console]
 listen = "{addr}:{console_port}"
 admin_user = "{user}"
@@ -347,6 +361,9 @@ partner_url = "http://{partner}:{console_port}"
 partner_token_file = "{token_file}"
 "#,
         name = m.name,
+        id = m.id,
+        partner_config = dir.join(m.partner_name).join("node.toml").display(),
+        takeover_log = nvram_path(dir, &format!("{}-partner", m.name)).display(),
         state = node_dir.join("state").display(),
         key = dir.join("pair.key").display(),
         disks = node_dir.join("disks").display(),
@@ -449,12 +466,22 @@ impl Pair {
         Ok(())
     }
 
-    /// Resolves when a node exits by itself; returns its name.
-    async fn wait_any_exit(&mut self) -> &'static str {
-        loop {
+    /// Reports nodes that exit by themselves (a crash: the partner takes the identity over)
+    /// and resolves when none is left.
+    async fn watch_exits(&mut self) {
+        let mut reported = Vec::new();
+        while reported.len() < self.children.len() {
             for (name, child) in &mut self.children {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return name;
+                if reported.contains(name) {
+                    continue;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    eprintln!(
+                        "node {name} exited ({status}); its partner takes its identity over. \
+                         Restart it with `twinfiler node --config DIR/{name}/node.toml`: it \
+                         waits for giveback"
+                    );
+                    reported.push(name);
                 }
             }
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
@@ -699,6 +726,10 @@ fn print_next_steps(dir: &Path, ports: Ports, urls: &[String], creds: &Credentia
             addr = m.addr
         );
     }
-    println!("  takeover/giveback: not available yet (the HA takeover driver is not built)");
+    println!("  takeover: the Takeover button on a node's card, or");
+    println!(
+        "    . DIR/env; twinfiler takeover --of a      (b serves /a too; a waits for giveback)"
+    );
+    println!("    . DIR/env; twinfiler giveback --to a");
     println!();
 }

@@ -2,6 +2,7 @@
 //! down cleanly (stop serving, final CP, release the log).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -41,6 +42,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .block_on(serve(config))
 }
 
+/// How often a node in a pair looks whether its own identity serves yet (for the line).
+const SERVING_POLL_MS: u64 = 20;
+
 async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     // Signal handlers first: a SIGTERM during a long start still ends in a clean shutdown.
     let mut sigterm = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
@@ -49,15 +53,26 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let node = Node::start(config)
         .await
         .with_context(|| format!("node {name} failed to start"))?;
-    // Tests and scripts wait for this line on stdout (and read the bound ports from it).
-    let l = node.listeners();
-    println!(
-        "twinfiler node {name} serving portmap={} mount={} nfs={}",
-        l.portmap_tcp, l.mount_tcp, l.nfs_tcp
-    );
-    let which = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    // Tests and scripts wait for this line on stdout (and read the bound ports from it). In
+    // a pair the own identity serves once the takeover machine says so (or never, while the
+    // partner holds it): the line comes when it does.
+    let mut announced = false;
+    let mut poll = tokio::time::interval(Duration::from_millis(SERVING_POLL_MS));
+    let which = loop {
+        if !announced {
+            if let Some(l) = node.try_listeners() {
+                println!(
+                    "twinfiler node {name} serving portmap={} mount={} nfs={}",
+                    l.portmap_tcp, l.mount_tcp, l.nfs_tcp
+                );
+                announced = true;
+            }
+        }
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = poll.tick(), if !announced => {}
+        }
     };
     tracing::info!(signal = which, "stopping");
     node.shutdown()

@@ -20,8 +20,6 @@ pub(super) struct Storage {
     pub group: Arc<Group>,
     /// The file system on it.
     pub fs: Arc<Fs>,
-    /// Whether this start created the aggregate (and made the file system).
-    pub created: bool,
 }
 
 /// Opens the aggregate in `cfg.disks_dir`, creating it when the directory holds no disk yet
@@ -76,8 +74,14 @@ pub(super) async fn open(cfg: &AggregateConfig, fs_config: FsConfig) -> Result<S
     Ok(Storage {
         group,
         fs: Arc::new(fs),
-        created,
     })
+}
+
+/// Whether a start would create the aggregate: the directory is missing or empty and the
+/// configuration says how to create one.
+pub(super) fn needs_create(cfg: &AggregateConfig) -> bool {
+    cfg.create.is_some()
+        && (!cfg.disks_dir.exists() || dir_is_empty(&cfg.disks_dir).unwrap_or(false))
 }
 
 fn dir_is_empty(dir: &Path) -> Result<bool, NodeError> {

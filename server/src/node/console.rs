@@ -6,10 +6,11 @@
 //! the poller adds the deltas), keeps a bounded window of throughput samples for the charts,
 //! and turns changes it sees (mirror state, CP failures) into events.
 //!
-//! The HA takeover driver does not exist yet: check, takeover and giveback requests are
-//! refused with that reason, never faked. The partner's card is what the partner's own
-//! console reports when `console.partner_url` is configured (polled over HTTP with a token),
-//! else "unknown / not connected" (later the partner's state comes over the interconnect).
+//! In an HA pair, check, takeover and giveback requests go to the takeover machine and
+//! become operations ([`super::operations`]) whose progress follows the machine's notes;
+//! the notes also become events. Outside a pair they are refused with that reason. The
+//! partner's card is what the partner's own console reports when `console.partner_url` is
+//! configured (polled over HTTP with a token), else what its heartbeats say.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,11 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use nvlog::{MirrorState, Nvlog};
-use raid4::Group;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use twinfiler_nfs::stats::NFS3_PROC_NAMES;
-use twinfiler_nfs::NfsService;
 use web_ui::metrics::DirectionLabels;
 use web_ui::{
     Aggregate, BackendError, CheckResult, ConsoleBackend, CpStatus, Disk, DiskState, Event, Export,
@@ -30,9 +29,12 @@ use web_ui::{
     PairStatus, Progress, Sample, TakeoverMode,
 };
 
-use super::cp::CpRecord;
+use super::ha::{HaShared, HaSnapshot};
+use super::identity::Published;
+use super::operations::Operations;
 use super::NodeError;
 use crate::config::NodeConfig;
+use cluster::takeover::StateCode;
 
 /// How often the poller samples the node.
 const POLL_INTERVAL_MS: u64 = 1_000;
@@ -40,10 +42,10 @@ const POLL_INTERVAL_MS: u64 = 1_000;
 const SAMPLES_MAX: usize = 300;
 /// Events kept; older ones are dropped (the log is for the operator, not an audit trail).
 const EVENTS_MAX: usize = 1_000;
-/// Why takeover and giveback are refused until the HA driver lands.
+/// Why takeover and giveback are refused outside a pair.
 pub const TAKEOVER_UNAVAILABLE: &str =
-    "takeover driver not built yet: this node runs without the HA pair's takeover state machine \
-     (interconnect, reservations); takeover and giveback are not possible";
+    "not part of an HA pair: this node has no [cluster] section (partner, interconnect), so \
+     takeover and giveback are not possible";
 /// A partner status older than this is not shown (the partner is "not connected").
 const PARTNER_STALE_MS: u64 = 3_000;
 /// One request to the partner's console, at most.
@@ -57,18 +59,37 @@ const SYSTEM_ACTOR: &str = "system";
 #[derive(Clone)]
 pub(super) struct NodeView {
     pub config: NodeConfig,
-    pub group: Arc<Group>,
     pub log: Nvlog,
-    pub cp_record: Arc<Mutex<CpRecord>>,
-    pub service: Arc<NfsService>,
+    /// What each identity publishes while mounted here, by node id (index 0 only outside
+    /// a pair).
+    pub published: Vec<Arc<Mutex<Option<Published>>>>,
+    /// Which of `published` is this node's own identity.
+    pub own_index: usize,
+    /// The HA state, in a pair.
+    pub ha: Option<Arc<HaShared>>,
     /// The node's metrics (the NFS program records calls into them from the start).
     pub metrics: Arc<web_ui::Metrics>,
+}
+
+impl NodeView {
+    fn identity(&self, index: usize) -> Option<Published> {
+        self.published
+            .get(index)?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn own(&self) -> Option<Published> {
+        self.identity(self.own_index)
+    }
 }
 
 /// The node's console backend.
 pub struct NodeConsole {
     view: NodeView,
     metrics: Arc<web_ui::Metrics>,
+    ops: Option<Arc<Operations>>,
     inner: Mutex<Inner>,
 }
 
@@ -85,6 +106,14 @@ struct Inner {
     partner: Option<(std::time::Instant, NodeStatus)>,
     /// Why the last partner poll failed, if it did.
     partner_error: Option<String>,
+    /// Takeovers and givebacks that ended since the last poll (for the metrics).
+    ops_ended: Vec<web_ui::metrics::HaOperationEnded>,
+    /// The takeover or giveback in progress here: kind, mode, since.
+    op_running: Option<(
+        web_ui::OperationKind,
+        web_ui::metrics::HaMode,
+        std::time::Instant,
+    )>,
 }
 
 /// Counter totals read at one poll.
@@ -94,7 +123,6 @@ struct Totals {
     bytes_read: u64,
     bytes_written: u64,
     drc_hits: u64,
-    appends: u64,
     cp_count: u64,
 }
 
@@ -121,8 +149,18 @@ fn mirror_label(s: &MirrorState) -> String {
 
 impl NodeConsole {
     pub(super) fn new(view: NodeView) -> Arc<NodeConsole> {
+        let ops = view.ha.as_ref().map(|ha| {
+            Operations::new(
+                ha.clone(),
+                view.config
+                    .cluster
+                    .as_ref()
+                    .map_or(5_000, |c| c.takeover_config().check_ms_max),
+            )
+        });
         let console = Arc::new(NodeConsole {
             metrics: view.metrics.clone(),
+            ops,
             view,
             inner: Mutex::new(Inner::default()),
         });
@@ -162,22 +200,21 @@ impl NodeConsole {
 
     /// One sample: metrics deltas, a throughput sample, events for changes.
     fn poll(&self) {
-        let stats = self.view.service.stats();
+        let own = self.view.own();
+        let stats = own.as_ref().map(|p| p.service.stats()).unwrap_or_default();
         let log = self.view.log.status();
-        let (cp_count, cp_last, cp_error) = {
-            let r = self
-                .view
-                .cp_record
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            (r.count, r.last.clone(), r.last_error.clone())
+        let (cp_count, cp_last, cp_error) = match &own {
+            Some(p) => {
+                let r = p.cp_record.lock().unwrap_or_else(|e| e.into_inner());
+                (r.count, r.last.clone(), r.last_error.clone())
+            }
+            None => (0, None, None),
         };
         let now = Totals {
             ops_by_proc: stats.ops_by_proc,
             bytes_read: stats.bytes_read,
             bytes_written: stats.bytes_written,
             drc_hits: stats.drc_hits,
-            appends: log.appends,
             cp_count,
         };
         let m = &self.metrics;
@@ -202,14 +239,45 @@ impl NodeConsole {
         }
         m.nfs_drc_hits
             .inc_by(now.drc_hits.saturating_sub(last.drc_hits));
-        m.nvlog_appends
-            .inc_by(now.appends.saturating_sub(last.appends));
-        // nvlog exposes the lag in records (durable_seq - mirrored_seq), not bytes: the
-        // bytes gauge stays 0 until it does, rather than carry the wrong unit.
-        m.nvlog_mirror_degraded.set(i64::from(matches!(
-            log.mirror,
-            MirrorState::Degraded { .. }
-        )));
+        // nvlog measures neither persist nor mirror latency per append, and its lag in
+        // records, not bytes: those series stay empty rather than carry made-up values.
+        let mut sample = web_ui::metrics::PollSample {
+            nvlog: Some(web_ui::metrics::NvlogSample {
+                appends_total: log.appends,
+                append_bytes_total: self.view.log.bytes_appended(),
+                mirror_degraded: matches!(log.mirror, MirrorState::Degraded { .. }),
+                ..Default::default()
+            }),
+            ha_operations_ended: std::mem::take(&mut inner.ops_ended),
+            ..Default::default()
+        };
+        if let Some(ha) = &self.view.ha {
+            let snap = ha.snapshot();
+            let me = usize::from(ha.me.0);
+            sample
+                .ha_states
+                .push((ha.names[me].clone(), node_state(snap.state)));
+            let partner_state = match (snap.interconnect_alive, snap.partner) {
+                (true, Some(hb)) => node_state(hb.state),
+                _ => NodeState::Down,
+            };
+            sample
+                .ha_states
+                .push((ha.names[1 - me].clone(), partner_state));
+            let rtt = snap.rtt.mean_us();
+            sample.links = (0..snap.links)
+                .map(|i| web_ui::metrics::LinkSample {
+                    name: format!("ic{i}"),
+                    heartbeat_misses_total: 0,
+                    heartbeat_rtt_seconds: if rtt > 0 {
+                        vec![rtt as f64 / 1e6]
+                    } else {
+                        vec![]
+                    },
+                })
+                .collect();
+        }
+        m.record_poll(&sample);
         let new_cps = now.cp_count.saturating_sub(last.cp_count);
         if new_cps > 0 {
             m.cp.inc_by(new_cps);
@@ -220,24 +288,26 @@ impl NodeConsole {
                 m.cp_bytes.inc_by(cp.bytes);
             }
         }
-        let group = self.view.group.status();
-        let aggr = group.uuid.to_string();
-        for d in &group.disks {
-            m.set_disk_state(&aggr, &disk_name(d), disk_state(d.state).0);
+        for p in (0..self.view.published.len()).filter_map(|i| self.view.identity(i)) {
+            let group = p.group.status();
+            let aggr = group.uuid.to_string();
+            for d in &group.disks {
+                m.set_disk_state(&aggr, &disk_name(d), disk_state(d.state).0);
+            }
+            for s in &group.spares {
+                m.set_disk_state(&aggr, &s.path.display().to_string(), "spare");
+            }
+            let ratio =
+                |p: &Option<raid4::ProgressStatus>| p.as_ref().map_or(0.0, |p| p.percent / 100.0);
+            m.raid_rebuild_progress_ratio
+                .get_or_create(&web_ui::metrics::AggregateLabels {
+                    aggregate: aggr.clone(),
+                })
+                .set(ratio(&group.rebuild));
+            m.raid_scrub_progress_ratio
+                .get_or_create(&web_ui::metrics::AggregateLabels { aggregate: aggr })
+                .set(ratio(&group.scrub));
         }
-        for s in &group.spares {
-            m.set_disk_state(&aggr, &s.path.display().to_string(), "spare");
-        }
-        let ratio =
-            |p: &Option<raid4::ProgressStatus>| p.as_ref().map_or(0.0, |p| p.percent / 100.0);
-        m.raid_rebuild_progress_ratio
-            .get_or_create(&web_ui::metrics::AggregateLabels {
-                aggregate: aggr.clone(),
-            })
-            .set(ratio(&group.rebuild));
-        m.raid_scrub_progress_ratio
-            .get_or_create(&web_ui::metrics::AggregateLabels { aggregate: aggr })
-            .set(ratio(&group.scrub));
         let interval_s = POLL_INTERVAL_MS as f64 / 1e3;
         inner.samples.push_back(Sample {
             at_unix_ms: now_unix_ms(),
@@ -267,12 +337,20 @@ impl NodeConsole {
         let v = &self.view;
         let name = v.config.name.clone();
         let log = v.log.status();
-        let group = v.group.status();
-        let cp = v.cp_record.lock().unwrap_or_else(|e| e.into_inner());
+        let own = v.own();
+        let snap = v.ha.as_ref().map(|ha| ha.snapshot());
+        let in_flight = own.as_ref().map_or(0, |p| p.service.in_flight());
         let mut modules = vec![ModuleHealth {
             name: "nfs".into(),
-            health: Health::Ok,
-            detail: format!("{} calls in flight", v.service.in_flight()),
+            health: if own.is_some() {
+                Health::Ok
+            } else {
+                Health::Unknown
+            },
+            detail: match &own {
+                Some(_) => format!("{in_flight} calls in flight"),
+                None => "own identity not served here now".into(),
+            },
         }];
         let (mirror_health, mirror_detail) = match &log.mirror {
             MirrorState::Standalone => (Health::Ok, "standalone (not mirrored)".to_string()),
@@ -287,62 +365,156 @@ impl NodeConsole {
             health: mirror_health,
             detail: format!("{mirror_detail}; {}", log.persist_mode),
         });
-        let raid_health = match group.state {
-            raid4::GroupState::Normal => Health::Ok,
-            raid4::GroupState::Degraded | raid4::GroupState::Rebuilding => Health::Degraded,
-            raid4::GroupState::Offline => Health::Failed,
-        };
-        modules.push(ModuleHealth {
-            name: "raid4".into(),
-            health: raid_health,
-            detail: format!("{:?}", group.state),
-        });
-        modules.push(ModuleHealth {
-            name: "cp".into(),
-            health: if cp.last_error.is_some() {
-                Health::Failed
-            } else {
-                Health::Ok
+        if let Some(p) = &own {
+            let group = p.group.status();
+            let raid_health = match group.state {
+                raid4::GroupState::Normal => Health::Ok,
+                raid4::GroupState::Degraded | raid4::GroupState::Rebuilding => Health::Degraded,
+                raid4::GroupState::Offline => Health::Failed,
+            };
+            modules.push(ModuleHealth {
+                name: "raid4".into(),
+                health: raid_health,
+                detail: format!("{:?}", group.state),
+            });
+            let cp = p.cp_record.lock().unwrap_or_else(|e| e.into_inner());
+            modules.push(ModuleHealth {
+                name: "cp".into(),
+                health: if cp.last_error.is_some() {
+                    Health::Failed
+                } else {
+                    Health::Ok
+                },
+                detail: match (&cp.last_error, &cp.last) {
+                    (Some(e), _) => format!("CP failed: {e}"),
+                    (None, Some(c)) => {
+                        format!("{} CPs since start, generation {}", cp.count, c.generation)
+                    }
+                    (None, None) => "no CP since start".into(),
+                },
+            });
+        }
+        modules.push(match &snap {
+            Some(s) => ModuleHealth {
+                name: "interconnect".into(),
+                health: match (s.links_up, s.interconnect_alive) {
+                    (0, _) | (_, false) => Health::Failed,
+                    (up, _) if up < s.links => Health::Degraded,
+                    _ => Health::Ok,
+                },
+                detail: format!(
+                    "{}/{} links up; partner mailbox {}",
+                    s.links_up,
+                    s.links,
+                    if s.partner_mailbox_alive {
+                        "alive"
+                    } else {
+                        "silent"
+                    }
+                ),
             },
-            detail: match (&cp.last_error, &cp.last) {
-                (Some(e), _) => format!("CP failed: {e}"),
-                (None, Some(c)) => {
-                    format!("{} CPs since start, generation {}", cp.count, c.generation)
-                }
-                (None, None) => "no CP since start".into(),
+            None => ModuleHealth {
+                name: "interconnect".into(),
+                health: Health::Unknown,
+                detail: "not part of an HA pair".into(),
             },
         });
-        modules.push(ModuleHealth {
-            name: "interconnect".into(),
-            health: Health::Unknown,
-            detail: "not built yet (HA takeover driver)".into(),
+        let links = snap.as_ref().map_or_else(Vec::new, |s| {
+            (0..s.links)
+                .map(|i| web_ui::Link {
+                    name: format!("ic{i}"),
+                    up: i < s.links_up,
+                    heartbeat_rtt_us: (s.rtt.mean_us() > 0).then(|| s.rtt.mean_us()),
+                    heartbeat_misses: 0,
+                })
+                .collect()
         });
-        let mut disks: Vec<Disk> = group
-            .disks
-            .iter()
-            .map(|d| {
-                let (_, state) = disk_state(d.state);
-                Disk {
+        let mut aggregates = Vec::new();
+        let mut exports = Vec::new();
+        let mut clients = Vec::new();
+        for i in 0..v.published.len() {
+            let Some(p) = v.identity(i) else { continue };
+            clients.extend(
+                p.rpc
+                    .iter()
+                    .flat_map(|r| r.peers())
+                    .map(|peer| web_ui::Client {
+                        address: peer.addr.ip().to_string(),
+                        protocol: "nfs3".into(),
+                    }),
+            );
+            let group = p.group.status();
+            let home = v.ha.as_ref().map_or(name.clone(), |ha| ha.names[i].clone());
+            let aggregate = group.uuid.to_string();
+            let mut disks: Vec<Disk> = group
+                .disks
+                .iter()
+                .map(|d| Disk {
                     name: disk_name(d),
                     // raid4 does not export its role type; its Debug names are the words.
                     role: format!("{:?}", d.role).to_lowercase(),
-                    state,
-                }
-            })
-            .collect();
-        disks.extend(group.spares.iter().map(|s| Disk {
-            name: s.path.display().to_string(),
-            role: "spare".into(),
-            state: DiskState::Spare,
-        }));
-        let address = v.config.nfs.bind.to_string();
-        let aggregate = group.uuid.to_string();
+                    state: disk_state(d.state).1,
+                })
+                .collect();
+            disks.extend(group.spares.iter().map(|s| Disk {
+                name: s.path.display().to_string(),
+                role: "spare".into(),
+                state: DiskState::Spare,
+            }));
+            let address = p
+                .listeners
+                .map_or("-".to_string(), |l| l.nfs_tcp.ip().to_string());
+            exports.extend(p.service.exports().iter().map(|e| Export {
+                path: e.path.clone(),
+                aggregate: aggregate.clone(),
+                address: address.clone(),
+            }));
+            aggregates.push(Aggregate {
+                name: aggregate,
+                home,
+                served_by: Some(name.clone()),
+                disks,
+                rebuild_progress: group.rebuild.as_ref().map(|p| p.percent / 100.0),
+            });
+        }
+        // One line per client, however many connections (portmap, MOUNT, NFS) it holds.
+        clients.sort_by(|x, y| x.address.cmp(&y.address));
+        clients.dedup();
+        let cp_last = own.as_ref().and_then(|p| {
+            p.cp_record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last
+                .clone()
+        });
         let in_sync = matches!(log.mirror, MirrorState::InSync);
+        let (state, takeover_possible, takeover_blockers) = match &snap {
+            Some(s) => {
+                // "Takeover possible" on a card means: this node can be taken over by its
+                // partner — what the partner's check needs from us: our log in its mirror.
+                let mut blockers: Vec<String> = Vec::new();
+                if !s.interconnect_alive {
+                    blockers.push("interconnect down: no heartbeat from the partner".into());
+                }
+                if !in_sync {
+                    blockers.push(nvlog::TAKEOVER_IMPOSSIBLE.into());
+                }
+                if s.state != StateCode::Normal {
+                    blockers.push(format!("this node is {}", node_state(s.state).label()));
+                }
+                (node_state(s.state), blockers.is_empty(), blockers)
+            }
+            None => (
+                NodeState::Normal,
+                false,
+                vec![TAKEOVER_UNAVAILABLE.to_string()],
+            ),
+        };
         NodeStatus {
             name: name.clone(),
-            state: NodeState::Normal,
+            state,
             modules,
-            links: Vec::new(),
+            links,
             mirror: MirrorStatus {
                 in_sync,
                 lag_bytes: 0,
@@ -353,37 +525,21 @@ impl NodeConsole {
                     MirrorState::InSync => None,
                 },
             },
-            takeover_possible: false,
-            takeover_blockers: vec![TAKEOVER_UNAVAILABLE.to_string()],
-            aggregates: vec![Aggregate {
-                name: aggregate.clone(),
-                home: name.clone(),
-                served_by: Some(name),
-                disks,
-                rebuild_progress: group.rebuild.as_ref().map(|p| p.percent / 100.0),
-            }],
+            takeover_possible,
+            takeover_blockers,
+            aggregates,
             nvram: NvramStatus {
                 used_bytes: log.half_used_bytes[0] + log.half_used_bytes[1],
                 capacity_bytes: log.half_capacity_bytes * 2,
             },
-            last_cp: cp.last.as_ref().map(|c| CpStatus {
+            last_cp: cp_last.as_ref().map(|c| CpStatus {
                 generation: c.generation,
                 at_unix_ms: unix_ms(c.at),
                 duration_ms: c.duration_us / 1_000,
                 bytes: c.bytes,
             }),
-            exports: v
-                .config
-                .exports
-                .iter()
-                .map(|e| Export {
-                    path: e.path.clone(),
-                    aggregate: aggregate.clone(),
-                    address: address.clone(),
-                })
-                .collect(),
-            // The RPC server does not list its connections yet.
-            clients: Vec::new(),
+            exports,
+            clients,
             samples: self.lock().samples.iter().cloned().collect(),
         }
     }
@@ -422,6 +578,9 @@ impl NodeConsole {
                 }
             }
         }
+        if let Some(ha) = &self.view.ha {
+            return Some(heartbeat_card(ha, &ha.snapshot()));
+        }
         let why = match (&polled, self.lock().partner_error.clone()) {
             (Some(url), Some(e)) => format!("its console {url}: {e}"),
             (Some(url), None) => format!("its console {url} has not answered yet"),
@@ -430,37 +589,57 @@ impl NodeConsole {
         if polled.is_none() && self.view.config.mirror.is_none() {
             return None;
         }
-        Some(NodeStatus {
-            name: "partner".into(),
-            state: NodeState::Down,
-            modules: vec![ModuleHealth {
-                name: "interconnect".into(),
-                health: Health::Unknown,
-                detail: format!(
-                    "unknown / not connected ({why}; the interconnect is not built yet)"
-                ),
-            }],
-            links: Vec::new(),
-            mirror: MirrorStatus {
-                in_sync: false,
-                lag_bytes: 0,
-                degraded_reason: Some("unknown".into()),
-            },
-            takeover_possible: false,
-            takeover_blockers: vec![TAKEOVER_UNAVAILABLE.to_string()],
-            aggregates: Vec::new(),
-            nvram: NvramStatus {
-                used_bytes: 0,
-                capacity_bytes: 0,
-            },
-            last_cp: None,
-            exports: Vec::new(),
-            clients: Vec::new(),
-            samples: Vec::new(),
-        })
+        let mut card = empty_card("partner", NodeState::Down);
+        card.modules[0].detail = format!("unknown / not connected ({why}; not part of an HA pair)");
+        Some(card)
+    }
+
+    /// Times takeovers and givebacks from the machine's notes, for the metrics.
+    fn track_operation(&self, note: &cluster::takeover::Note) {
+        use cluster::takeover::{Mode, Note};
+        use web_ui::metrics::{HaMode, HaOperationEnded};
+        use web_ui::OperationKind;
+        let mut inner = self.lock();
+        match *note {
+            Note::TakeoverStarted { mode, .. } => {
+                let mode = match mode {
+                    Mode::Graceful | Mode::Resume | Mode::Recover => HaMode::Graceful,
+                    Mode::Forced => HaMode::Forced,
+                    Mode::Hard => HaMode::Hard,
+                };
+                inner.op_running = Some((OperationKind::Takeover, mode, std::time::Instant::now()));
+            }
+            Note::State(StateCode::GivingBack) => {
+                inner.op_running = Some((
+                    OperationKind::Giveback,
+                    HaMode::Graceful,
+                    std::time::Instant::now(),
+                ));
+            }
+            Note::State(StateCode::InTakeover) | Note::GivebackComplete(_) | Note::Aborted(_) => {
+                if let Some((kind, mode, since)) = inner.op_running.take() {
+                    inner.ops_ended.push(HaOperationEnded {
+                        kind,
+                        mode,
+                        succeeded: !matches!(note, Note::Aborted(_)),
+                        seconds: since.elapsed().as_secs_f64(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn operations(&self) -> Result<&Arc<Operations>, BackendError> {
+        self.ops
+            .as_ref()
+            .ok_or_else(|| BackendError::Refused(TAKEOVER_UNAVAILABLE.to_string()))
     }
 
     fn known_node(&self, target: &str) -> Result<(), BackendError> {
+        if let Some(ops) = &self.ops {
+            return ops.node(target).map(|_| ());
+        }
         let partner_name = self.lock().partner.as_ref().map(|(_, p)| p.name.clone());
         if target == self.view.config.name
             || target == "partner"
@@ -471,13 +650,98 @@ impl NodeConsole {
             Err(BackendError::UnknownNode(target.to_string()))
         }
     }
+}
 
-    fn refuse(&self, what: &str, target: &str, actor: &str) -> BackendError {
-        self.push_event(
-            actor,
-            format!("{what} of {target} requested: refused ({TAKEOVER_UNAVAILABLE})"),
+/// The partner's card from its heartbeats (when its console is not polled or stale).
+fn heartbeat_card(ha: &HaShared, snap: &HaSnapshot) -> NodeStatus {
+    let name = ha.names[usize::from(1 - ha.me.0)].clone();
+    let Some(hb) = snap.partner.filter(|_| snap.interconnect_alive) else {
+        let mut card = empty_card(&name, NodeState::Down);
+        card.modules[0].detail = format!(
+            "no heartbeat; partner mailbox {}",
+            if snap.partner_mailbox_alive {
+                "alive (interconnect cut?)"
+            } else {
+                "silent"
+            }
         );
-        BackendError::Refused(TAKEOVER_UNAVAILABLE.to_string())
+        card.takeover_blockers = std::iter::once("the partner is not connected".to_string())
+            .chain(
+                snap.hard_takeover_blockers
+                    .iter()
+                    .map(|r| format!("hard takeover blocked: {}", r.describe())),
+            )
+            .collect();
+        return card;
+    };
+    let mut card = empty_card(&name, node_state(hb.state));
+    card.modules = cluster::health::Module::ALL
+        .iter()
+        .map(|m| ModuleHealth {
+            name: format!("{m:?}").to_lowercase(),
+            health: match hb.health.get(*m) {
+                cluster::health::ModuleHealth::Ok => Health::Ok,
+                cluster::health::ModuleHealth::Degraded => Health::Degraded,
+                cluster::health::ModuleHealth::Failed => Health::Failed,
+            },
+            detail: "from its heartbeat".into(),
+        })
+        .collect();
+    card.mirror.in_sync = hb.mirror_in_sync;
+    card.mirror.degraded_reason = (!hb.mirror_in_sync).then(|| "not in sync".to_string());
+    let blockers: Vec<String> = snap
+        .takeover_impossible
+        .iter()
+        .map(|r| r.describe().to_string())
+        .collect();
+    card.takeover_possible = blockers.is_empty();
+    card.takeover_blockers = blockers;
+    card
+}
+
+fn empty_card(name: &str, state: NodeState) -> NodeStatus {
+    NodeStatus {
+        name: name.to_string(),
+        state,
+        modules: vec![ModuleHealth {
+            name: "interconnect".into(),
+            health: Health::Unknown,
+            detail: String::new(),
+        }],
+        links: Vec::new(),
+        mirror: MirrorStatus {
+            in_sync: false,
+            lag_bytes: 0,
+            degraded_reason: Some("unknown".into()),
+        },
+        takeover_possible: false,
+        takeover_blockers: vec![TAKEOVER_UNAVAILABLE.to_string()],
+        aggregates: Vec::new(),
+        nvram: NvramStatus {
+            used_bytes: 0,
+            capacity_bytes: 0,
+        },
+        last_cp: None,
+        exports: Vec::new(),
+        clients: Vec::new(),
+        samples: Vec::new(),
+    }
+}
+
+/// The console's word for a machine state.
+fn node_state(s: StateCode) -> NodeState {
+    match s {
+        StateCode::Normal | StateCode::AskedPartner => NodeState::Normal,
+        StateCode::TakeoverCheck => NodeState::TakeoverCheck,
+        StateCode::WaitingForShutdown => NodeState::WaitingForShutdown,
+        StateCode::TakingOver | StateCode::Starting | StateCode::ReceivingGiveback => {
+            NodeState::TakingOver
+        }
+        StateCode::InTakeover => NodeState::InTakeover,
+        StateCode::Draining | StateCode::HandingOff => NodeState::Draining,
+        StateCode::WaitingForGiveback => NodeState::WaitingForGiveback,
+        StateCode::GivingBack => NodeState::GivingBack,
+        StateCode::Booting => NodeState::Down,
     }
 }
 
@@ -502,36 +766,103 @@ impl ConsoleBackend for NodeConsole {
     async fn status(&self) -> Result<PairStatus, BackendError> {
         let mut nodes = vec![self.local_status()];
         nodes.extend(self.partner_status());
+        if let Some(ha) = &self.view.ha {
+            // Stable order: node 0 first.
+            if ha.me.0 == 1 {
+                nodes.reverse();
+            }
+        }
         Ok(PairStatus {
             nodes,
             local: self.view.config.name.clone(),
-            active_operation: None,
+            active_operation: self.ops.as_ref().and_then(|o| o.active()),
         })
     }
 
     async fn check_takeover(&self, target: &str) -> Result<CheckResult, BackendError> {
         self.known_node(target)?;
-        Err(BackendError::Unavailable(TAKEOVER_UNAVAILABLE.to_string()))
+        let ops = self.operations()?;
+        ops.check_takeover(ops.node(target)?).await
     }
 
     async fn start_takeover(
         &self,
         target: &str,
-        _mode: TakeoverMode,
+        mode: TakeoverMode,
         actor: &str,
     ) -> Result<OperationId, BackendError> {
         self.known_node(target)?;
-        Err(self.refuse("takeover", target, actor))
+        let ops = self.operations().inspect_err(|_| {
+            self.push_event(
+                actor,
+                format!("takeover of {target} requested: refused ({TAKEOVER_UNAVAILABLE})"),
+            );
+        })?;
+        let (countdown_ms, immediate) = match mode {
+            TakeoverMode::Graceful { countdown_s } => (Some(u64::from(countdown_s) * 1_000), false),
+            TakeoverMode::Immediate => (None, true),
+        };
+        let id = ops.start_takeover(target, ops.node(target)?, countdown_ms, immediate, actor)?;
+        self.push_event(
+            actor,
+            format!(
+                "takeover of {target} requested ({mode:?}): operation {}",
+                id.0
+            ),
+        );
+        Ok(id)
     }
 
     async fn check_giveback(&self, target: &str) -> Result<CheckResult, BackendError> {
         self.known_node(target)?;
-        Err(BackendError::Unavailable(TAKEOVER_UNAVAILABLE.to_string()))
+        self.operations()?;
+        let ha = self
+            .view
+            .ha
+            .as_ref()
+            .expect("operations exist only in a pair");
+        let snap = ha.snapshot();
+        let to = ha
+            .node_named(target)
+            .ok_or_else(|| BackendError::UnknownNode(target.into()))?;
+        let taker_state = if to == ha.me {
+            snap.partner.map(|h| h.state)
+        } else {
+            Some(snap.state)
+        };
+        let victim_state = if to == ha.me {
+            Some(snap.state)
+        } else {
+            snap.partner.map(|h| h.state)
+        };
+        let label = |s: Option<StateCode>| s.map_or("not connected", |s| node_state(s).label());
+        let checks = vec![
+            web_ui::CheckItem {
+                name: "identity taken over".into(),
+                ok: taker_state == Some(StateCode::InTakeover),
+                detail: format!("the taker is {}", label(taker_state)),
+            },
+            web_ui::CheckItem {
+                name: "waiting for giveback".into(),
+                ok: victim_state == Some(StateCode::WaitingForGiveback),
+                detail: format!("{target} is {}", label(victim_state)),
+            },
+        ];
+        Ok(CheckResult {
+            possible: checks.iter().all(|c| c.ok),
+            checks,
+        })
     }
 
     async fn start_giveback(&self, target: &str, actor: &str) -> Result<OperationId, BackendError> {
         self.known_node(target)?;
-        Err(self.refuse("giveback", target, actor))
+        let ops = self.operations()?;
+        let id = ops.start_giveback(target, ops.node(target)?, actor)?;
+        self.push_event(
+            actor,
+            format!("giveback to {target} requested: operation {}", id.0),
+        );
+        Ok(id)
     }
 
     async fn events(&self, since: u64, limit: usize) -> Result<Vec<Event>, BackendError> {
@@ -545,9 +876,8 @@ impl ConsoleBackend for NodeConsole {
             .collect())
     }
 
-    fn watch_operation(&self, _id: OperationId) -> Option<watch::Receiver<Progress>> {
-        // No operation can start without the takeover driver.
-        None
+    fn watch_operation(&self, id: OperationId) -> Option<watch::Receiver<Progress>> {
+        self.ops.as_ref()?.watch(id)
     }
 
     fn render_metrics(&self, out: &mut String) -> std::fmt::Result {
@@ -562,6 +892,7 @@ pub(super) struct Console {
     server: JoinHandle<()>,
     poller: JoinHandle<()>,
     partner_poller: Option<JoinHandle<()>>,
+    notes_forwarder: Option<JoinHandle<()>>,
 }
 
 impl Console {
@@ -594,6 +925,10 @@ impl Console {
             let backend = backend.clone();
             tokio::spawn(poll_partner(backend, url, token))
         });
+        let notes_forwarder = backend.view.ha.clone().map(|ha| {
+            let backend = backend.clone();
+            tokio::spawn(forward_notes(backend, ha))
+        });
         let server = tokio::spawn(async move {
             if let Err(e) = web_ui::serve(listener, app).await {
                 tracing::error!(error = %e, "console server stopped");
@@ -617,6 +952,7 @@ impl Console {
             server,
             poller,
             partner_poller,
+            notes_forwarder,
         }))
     }
 
@@ -635,6 +971,9 @@ impl Console {
         if let Some(p) = &self.partner_poller {
             p.abort();
         }
+        if let Some(f) = &self.notes_forwarder {
+            f.abort();
+        }
         self.poller.abort();
         self.server.abort();
     }
@@ -643,6 +982,49 @@ impl Console {
 impl Drop for Console {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Turns the takeover machine's notes into console events (heartbeat chatter and periodic
+/// resends excluded).
+async fn forward_notes(backend: Arc<NodeConsole>, ha: Arc<HaShared>) {
+    use cluster::takeover::Note;
+    let mut notes = ha.subscribe();
+    let mut last_sent: Option<&'static str> = None;
+    loop {
+        let at = match notes.recv().await {
+            Ok(at) => at,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        backend.track_operation(&at.note);
+        let text = match at.note {
+            Note::State(s) => format!("state: {}", node_state(s).label()),
+            Note::Requested(r) => format!("request: {r:?}"),
+            Note::Checked(r) if r.is_empty() => "takeover check: possible".into(),
+            Note::Checked(r) => format!(
+                "takeover check: impossible ({})",
+                r.iter()
+                    .map(|r| r.describe())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Note::Aborted(r) => format!("aborted: {}", r.describe()),
+            // Resends (PLEASE_DIE, PLEASE_SHUTDOWN each interval) are logged once.
+            Note::Sent(m) if last_sent == Some(m) => continue,
+            Note::Sent(m) => {
+                last_sent = Some(m);
+                format!("sent {m}")
+            }
+            Note::Received(m) => format!("received {m}"),
+            Note::StepDone(step, id, ok) => format!(
+                "{step:?} for {}: {}",
+                ha.names[usize::from(id.0)],
+                if ok { "done" } else { "FAILED" }
+            ),
+            other => format!("{other:?}"),
+        };
+        backend.push_event(SYSTEM_ACTOR, text);
     }
 }
 

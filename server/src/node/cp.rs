@@ -39,6 +39,8 @@ pub enum CpReason {
     Shutdown,
     /// Asked for (operator command, tests).
     Requested,
+    /// The last CP before an identity is handed to the other node (takeover, giveback).
+    Handover,
 }
 
 /// The last CP, for status.

@@ -1,22 +1,29 @@
-//! A running twinfiler node: its aggregate, file system, NVRAM log, CP driver and NFS
-//! service, started and stopped as one.
+//! A running twinfiler node: its NVRAM log, the identities it serves (its own, and its
+//! partner's after a takeover) and, in an HA pair, the driver of the takeover machine.
 //!
-//! Start order (each step needs the one before):
+//! A standalone or merely mirrored node (no `[cluster]`) starts its own identity at once:
 //! 1. lock the state dir (two nodes on one aggregate would corrupt it);
-//! 2. assemble (or create) the RAID-4 group, mount (or make) the file system;
-//! 3. open the NVRAM log, standalone or mirrored (the mirror key derives from the pair key);
-//! 4. build the NFS service (file-handle key from the pair key) and replay the own log
-//!    past the mounted CP: this re-applies the ops and rebuilds the duplicate-request cache;
-//! 5. start the CP driver;
-//! 6. start the RPC listeners and register the programs with the portmapper;
-//! 7. start the operator console on its management address, when `[console]` is configured.
+//! 2. open the NVRAM log, standalone or mirrored (the mirror key derives from the pair key);
+//! 3. assemble (or create) the RAID-4 group, mount (or make) the file system;
+//! 4. replay the own log past the mounted CP through the NFS service (this re-applies the
+//!    ops and rebuilds the duplicate-request cache), start the CP loop;
+//! 5. bind the RPC listeners on the data address and serve;
+//! 6. start the operator console on its management address, when `[console]` is configured.
 //!
-//! Shutdown is the reverse: stop the console, stop accepting and finish the calls in flight, stop the CP
-//! driver, take a final CP, release the log it covers, close the log.
+//! A node in a pair opens its log, starts the interconnect and the console, and hands the
+//! rest to the takeover machine ([`ha`]): it reserves its disks, mounts, replays, raises
+//! its address and serves when the machine says so — or waits for giveback when its
+//! partner holds its identity.
+//!
+//! Shutdown: stop the console and the driver, then per identity served: stop accepting,
+//! finish the calls in flight, stop the CP loop, take a final CP, release the log it covers.
 
 mod aggregate;
 pub mod console;
 mod cp;
+pub mod ha;
+pub mod identity;
+mod operations;
 mod status;
 
 use std::fs::File;
@@ -26,18 +33,19 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cluster::interconnect::{Interconnect, InterconnectConfig, LinkAddrs};
+use cluster::NodeId;
 use nvlog::{MirrorConfig, Nvlog, SenderConfig};
-use raid4::Group;
-use twinfiler_nfs::{Exports, NfsService, ServiceConfig};
-use twinfiler_proto::fh::FhKey;
+use twinfiler_nfs::NfsService;
 use twinfiler_proto::{mount, nfs3, portmap};
 use twinfiler_rpc::{PortmapService, RpcServer};
-use wafl::{Fs, FsConfig};
+use wafl::Fs;
 
 pub use cp::{CpInfo, CpReason, CpRecord};
 pub use status::{Mode, NodeStatus};
 
 use crate::config::{ConfigError, NodeConfig, PairKey};
+use identity::{Identity, IdentityContext, Published};
 
 /// Why a node cannot start or stop cleanly. Every message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +87,9 @@ pub enum NodeError {
     /// covers it, and the next start replays it.
     #[error("CP failed: {0}; nothing is lost: restart the node to replay the NVRAM log")]
     Cp(String),
+    /// The HA pair cannot start (interconnect, persisted state).
+    #[error("HA pair: {0}")]
+    Cluster(String),
 }
 
 /// What the start did, for status and tests.
@@ -98,15 +109,15 @@ pub struct StartReport {
 /// anything: the log keeps what no CP covered, and the next start replays it.
 pub struct Node {
     config: NodeConfig,
-    group: Arc<Group>,
-    fs: Arc<Fs>,
     log: Nvlog,
-    cp: Option<cp::CpLoop>,
-    cp_record: Arc<Mutex<CpRecord>>,
+    /// The own identity of a node outside a pair (in a pair the driver holds both).
+    standalone: Option<Identity>,
+    /// What each identity publishes once mounted here, by node id (index 0 = own outside
+    /// a pair).
+    published: Vec<Arc<Mutex<Option<Published>>>>,
+    own_index: usize,
+    driver: Option<ha::Driver>,
     start: StartReport,
-    service: Arc<NfsService>,
-    rpc: RpcServer,
-    listeners: Listeners,
     console: Option<console::Console>,
     _lock: StateLock,
 }
@@ -134,90 +145,65 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let lock = StateLock::acquire(&config.state_dir).await?;
         let key = config.load_pair_key()?;
-        let fs_config = FsConfig {
-            cp_interval_ms: config.cp_interval_ms,
-            ..FsConfig::default()
-        };
-        let storage = aggregate::open(&config.aggregate, fs_config).await?;
-        let mounted_seq = storage.fs.applied_seq();
+        let partner = config.load_partner()?;
         let log = open_log(&config, &key).await?;
-        let exports = Exports::from_config(&config.exports)
-            .map_err(|e| NodeError::Service(format!("exports: {e}")))?;
-        let uuid = storage.group.uuid();
-        let service = NfsService::new(
-            storage.fs.clone(),
-            Arc::new(log.clone()),
-            ServiceConfig::new(*uuid.as_bytes(), FhKey(key.fh_key_bytes()), exports),
-        );
-        let (replayed_records, replay_ms) = replay(&service, &log, &storage.fs).await?;
-        if config.nfs.create_export_dirs {
-            // Exports name directories inside the file system; make the missing ones
-            // (logged like any request) so a fresh aggregate can be mounted at once.
-            let created_dirs = service
-                .create_export_dirs()
-                .await
-                .map_err(|e| NodeError::Service(format!("create the export directories: {e}")))?;
-            if !created_dirs.is_empty() {
-                tracing::info!(dirs = ?created_dirs, "created export directories");
-            }
-        }
-        tracing::info!(
-            node = %config.name,
-            records = replayed_records,
-            ms = replay_ms,
-            from_seq = mounted_seq + 1,
-            "replayed the NVRAM log past the last CP"
-        );
-        let start = StartReport {
-            created: storage.created,
-            replayed_records,
-            replay_ms,
-            mounted_seq,
-        };
-        let cp_record = Arc::new(Mutex::new(CpRecord::default()));
-        let cp = cp::CpLoop::start(
-            storage.fs.clone(),
-            log.clone(),
-            config.cp_interval_ms,
-            cp_record.clone(),
-        );
-        // Made before the listeners: the NFS program records every call into it.
+        // Made before the listeners: the NFS programs record every call into them.
         let metrics = Arc::new(web_ui::Metrics::new());
-        let (rpc, listeners) = match serve(&config, &service, &metrics).await {
-            Ok(r) => r,
-            Err(e) => {
-                cp.stop().await;
-                return Err(e);
+        let (input_tx, input_rx) = tokio::sync::mpsc::unbounded_channel();
+        let me = NodeId(config.cluster.as_ref().map_or(0, |c| c.node_id));
+        let loss_tx = input_tx.clone();
+        let ctx = IdentityContext {
+            me,
+            key: key.clone(),
+            node_log: log.clone(),
+            takeover_log_path: config.takeover_log_path(),
+            cp_interval_ms: config.cp_interval_ms,
+            data_interface: config
+                .cluster
+                .as_ref()
+                .and_then(|c| c.data_interface.clone()),
+            metrics: metrics.clone(),
+            reservations_required: partner.is_some(),
+            on_loss: Arc::new(move |id, loss| {
+                tracing::error!(identity = %id, ?loss, "reservation lost");
+                let _ = loss_tx.send(ha::Input::Event(cluster::Event::ReservationLost(id)));
+            }),
+        };
+        let (standalone, published, own_index, driver, start) = match partner {
+            None => {
+                let (identity, report) = start_standalone(&config, &ctx).await?;
+                let p = vec![identity.published()];
+                (Some(identity), p, 0, None, report)
+            }
+            Some(partner) => {
+                let driver =
+                    start_driver(&config, partner, &key, &log, &ctx, (input_tx, input_rx)).await?;
+                (
+                    None,
+                    driver.1,
+                    usize::from(me.0),
+                    Some(driver.0),
+                    StartReport::default(),
+                )
             }
         };
-        let console = match console::Console::start(console::NodeView {
+        let console = console::Console::start(console::NodeView {
             config: config.clone(),
-            group: storage.group.clone(),
             log: log.clone(),
-            cp_record: cp_record.clone(),
-            service: service.clone(),
+            published: published.clone(),
+            own_index,
+            ha: driver.as_ref().map(|d| d.shared().clone()),
             metrics,
         })
-        .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                rpc.stop(Duration::ZERO).await;
-                cp.stop().await;
-                return Err(e);
-            }
-        };
+        .await?;
         let node = Node {
             config,
-            group: storage.group,
-            fs: storage.fs,
             log,
-            cp: Some(cp),
-            cp_record,
+            standalone,
+            published,
+            own_index,
+            driver,
             start,
-            service,
-            rpc,
-            listeners,
             console,
             _lock: lock,
         };
@@ -235,9 +221,20 @@ impl Node {
         &self.start
     }
 
-    /// The file system (tests and the console look inside).
-    pub fn fs(&self) -> &Arc<Fs> {
-        &self.fs
+    /// The own identity's handles, when it is mounted and served here.
+    pub fn own_published(&self) -> Option<Published> {
+        self.published[self.own_index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The own file system. Panics when this node does not serve its own identity now
+    /// (taken over, or still starting in a pair): tests and tools of a serving node.
+    pub fn fs(&self) -> Arc<Fs> {
+        self.own_published()
+            .expect("the own identity is not served by this node now")
+            .fs
     }
 
     /// The NVRAM log.
@@ -245,10 +242,19 @@ impl Node {
         &self.log
     }
 
-    /// Runs a CP now and releases the log it covers (operator command, tests).
+    /// The HA state, in a pair.
+    pub fn ha(&self) -> Option<&Arc<ha::HaShared>> {
+        self.driver.as_ref().map(|d| d.shared())
+    }
+
+    /// Runs a CP of the own identity now and releases the log it covers (operator
+    /// command, tests).
     pub async fn cp_now(&self) -> Result<CpInfo, NodeError> {
-        let outcome = cp::run_cp(&self.fs, &self.log, CpReason::Requested).await;
-        cp::note(&self.cp_record, outcome.clone());
+        let p = self
+            .own_published()
+            .ok_or_else(|| NodeError::Cp("the own identity is not served here now".into()))?;
+        let outcome = cp::run_cp(&p.fs, &p.log, CpReason::Requested).await;
+        cp::note(&p.cp_record, outcome.clone());
         outcome.map_err(NodeError::Cp)
     }
 
@@ -257,14 +263,23 @@ impl Node {
         status::collect(self)
     }
 
-    /// The NFS service.
-    pub fn service(&self) -> &Arc<NfsService> {
-        &self.service
+    /// The own NFS service. Panics like [`Node::fs`].
+    pub fn service(&self) -> Arc<NfsService> {
+        self.own_published()
+            .expect("the own identity is not served by this node now")
+            .service
     }
 
-    /// The bound listeners.
+    /// The own identity's listeners. Panics when they are not bound here (see
+    /// [`Node::try_listeners`]).
     pub fn listeners(&self) -> Listeners {
-        self.listeners
+        self.try_listeners()
+            .expect("the own identity is not listening on this node now")
+    }
+
+    /// The own identity's listeners, when bound here.
+    pub fn try_listeners(&self) -> Option<Listeners> {
+        self.own_published().and_then(|p| p.listeners)
     }
 
     /// The console's bound address, when `[console]` is configured.
@@ -277,68 +292,121 @@ impl Node {
         self.console.as_ref().map(|c| c.backend())
     }
 
-    /// Stops serving, takes a final CP and closes the log.
+    /// Stops serving, takes a final CP of every identity served and closes the log.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
         tracing::info!(node = %self.config.name, "shutting down");
         if let Some(c) = self.console.take() {
             c.stop();
         }
         let grace = Duration::from_millis(self.config.nfs.stop_grace_ms);
-        let stopped = self.rpc.stop(grace).await;
-        if !stopped.drained {
-            tracing::warn!(
-                tasks_left = stopped.tasks_left,
-                "calls still in flight after the grace period were abandoned (clients retry; \
-                 their logged ops are replayed or covered by the final CP)"
-            );
+        let mut result = Ok(());
+        if let Some(mut identity) = self.standalone.take() {
+            result = identity.shutdown(grace).await;
         }
-        if let Some(cp) = self.cp.take() {
-            cp.stop().await;
+        if let Some(driver) = self.driver.take() {
+            for identity in driver.stop().await.into_iter().flatten() {
+                let mut id = identity.lock().await;
+                if id.is_mounted() {
+                    let r = id.shutdown(grace).await;
+                    result = result.and(r);
+                }
+            }
         }
-        let outcome = cp::run_cp(&self.fs, &self.log, CpReason::Shutdown).await;
-        cp::note(&self.cp_record, outcome.clone());
-        let info = outcome.map_err(NodeError::Cp)?;
-        tracing::info!(node = %self.config.name, gen = info.generation, covered_seq = info.covered_seq,
-            "final CP done; log released");
+        result.map_err(NodeError::Cp)?;
+        tracing::info!(node = %self.config.name, "final CP done; log released");
         Ok(())
     }
 }
 
-impl Drop for Node {
-    /// Without [`Node::shutdown`]: stop serving and stop CPs, take no final CP (like a
-    /// crash: the next start replays the log).
-    fn drop(&mut self) {
-        if let Some(cp) = self.cp.take() {
-            cp.abort();
-        }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let rpc = self.rpc.clone();
-            rt.spawn(async move { rpc.stop(Duration::ZERO).await });
-        }
-    }
+/// Starts the own identity of a node outside a pair: mount, replay, listen, serve.
+async fn start_standalone(
+    config: &NodeConfig,
+    ctx: &IdentityContext,
+) -> Result<(Identity, StartReport), NodeError> {
+    let created = aggregate::needs_create(&config.aggregate);
+    let mut identity = Identity::new(ctx.me, config.clone(), ctx);
+    identity.mount().await.map_err(NodeError::Aggregate)?;
+    let mounted_seq = identity.published_fs_seq().unwrap_or_default();
+    let started = Instant::now();
+    let replayed_records = identity.replay().await.map_err(NodeError::Service)?;
+    let replay_ms = started.elapsed().as_millis() as u64;
+    identity.raise_addresses().await?;
+    identity.serve().map_err(NodeError::Service)?;
+    identity.after_first_serve();
+    Ok((
+        identity,
+        StartReport {
+            created,
+            replayed_records,
+            replay_ms,
+            mounted_seq,
+        },
+    ))
 }
 
-/// Replays the own log past the mounted CP through the service (re-applies the ops and
-/// rebuilds the duplicate-request cache). Returns (OP records re-executed, ms).
-async fn replay(service: &Arc<NfsService>, log: &Nvlog, fs: &Fs) -> Result<(u64, u64), NodeError> {
-    let started = Instant::now();
-    let from = fs.applied_seq() + 1;
-    let log = log.clone();
-    let service = service.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        let replay = log
-            .replay_own(from)
-            .map_err(|e| NodeError::Nvlog(format!("read the log from seq {from}: {e}")))?;
-        service
-            .replay(replay.records)
-            .map_err(|e| NodeError::Service(format!("replay from seq {from}: {e}")))
+/// Starts the interconnect and the takeover driver of a node in a pair.
+async fn start_driver(
+    config: &NodeConfig,
+    partner: NodeConfig,
+    key: &PairKey,
+    log: &Nvlog,
+    ctx: &IdentityContext,
+    input: (
+        tokio::sync::mpsc::UnboundedSender<ha::Input>,
+        tokio::sync::mpsc::UnboundedReceiver<ha::Input>,
+    ),
+) -> Result<(ha::Driver, Vec<Arc<Mutex<Option<Published>>>>), NodeError> {
+    let c = config.cluster.as_ref().expect("a pair has [cluster]");
+    let me = NodeId(c.node_id);
+    let other = NodeId(1 - c.node_id);
+    let tcfg = c.takeover_config();
+    tcfg.validate()
+        .map_err(|e| NodeError::Cluster(format!("[cluster] bounds: {e}")))?;
+    let links: Vec<LinkAddrs> = c
+        .links
+        .iter()
+        .map(|l| LinkAddrs {
+            local: l.local,
+            peer: l.peer,
+        })
+        .collect();
+    if links.is_empty() {
+        return Err(NodeError::Cluster(
+            "[cluster] needs at least one link".into(),
+        ));
+    }
+    let mut icfg = InterconnectConfig::new(me, other, links.clone(), key.interconnect_key());
+    icfg.ping_interval_ms = c.heartbeat_interval_ms;
+    icfg.link_silence_ms = c.heartbeat_loss_ms.max(2 * c.heartbeat_interval_ms) / 2;
+    let interconnect = Interconnect::start(icfg)
+        .await
+        .map_err(|e| NodeError::Cluster(format!("interconnect: {e}")))?;
+    let mut configs = [config.clone(), partner.clone()];
+    if me.0 == 1 {
+        configs.swap(0, 1);
+    }
+    let identities = [
+        Identity::new(NodeId(0), configs[0].clone(), ctx),
+        Identity::new(NodeId(1), configs[1].clone(), ctx),
+    ];
+    let published = vec![identities[0].published(), identities[1].published()];
+    if let Some(path) = config.takeover_log_path() {
+        identity::prepare_takeover_log(&path);
+    }
+    let driver = ha::Driver::start(ha::DriverParts {
+        cfg: tcfg,
+        me,
+        node_log: log.clone(),
+        identities,
+        interconnect,
+        persist_path: config.state_dir.join("takeover.state"),
+        configs,
+        links: links.len(),
+        input,
     })
-    .await
-    .map_err(|e| NodeError::Service(format!("replay task: {e}")))??;
-    Ok((
-        report.ops_replayed as u64,
-        started.elapsed().as_millis() as u64,
-    ))
+    .map_err(NodeError::Cluster)?;
+    tracing::info!(node = %config.name, partner = %partner.name, "HA driver started");
+    Ok((driver, published))
 }
 
 /// Starts the RPC server: every listener serves portmap, MOUNT and NFS; the portmapper

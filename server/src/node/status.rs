@@ -67,8 +67,6 @@ pub struct NodeStatus {
 }
 
 pub(super) fn collect(node: &Node) -> NodeStatus {
-    let g = node.group.status();
-    let fs = node.fs.statfs();
     let log = node.log.status();
     let mode = match &node.config.mirror {
         None => Mode::Standalone,
@@ -79,27 +77,45 @@ pub(super) fn collect(node: &Node) -> NodeStatus {
             partner_mirror_in_sync: log.partner_mirror_in_sync,
         },
     };
-    let cp = node.cp_record.lock().unwrap_or_else(|e| e.into_inner());
-    NodeStatus {
+    let own = node.own_published();
+    let mut st = NodeStatus {
         name: node.config.name.clone(),
         mode,
-        aggregate_uuid: g.uuid,
-        aggregate_state: g.state.to_string(),
-        data_disks: g.geometry.data_disks,
-        fs_generation: node.fs.generation(),
-        applied_seq: node.fs.applied_seq(),
-        files_used: fs.files_used,
-        free_bytes: fs.free_bytes,
-        total_bytes: fs.total_bytes,
+        aggregate_uuid: uuid::Uuid::nil(),
+        aggregate_state: "not served by this node now".into(),
+        data_disks: 0,
+        fs_generation: 0,
+        applied_seq: 0,
+        files_used: 0,
+        free_bytes: 0,
+        total_bytes: 0,
         nvram_persist: log.persist_mode,
         log_next_seq: log.next_seq,
         replayed_records: node.start.replayed_records,
-        last_cp: cp.last.clone(),
-        cp_count: cp.count,
-        cp_error: cp.last_error.clone(),
+        last_cp: None,
+        cp_count: 0,
+        cp_error: None,
         exports: node.config.exports.iter().map(|e| e.path.clone()).collect(),
-        listeners: listener_list(&node.listeners),
+        listeners: Vec::new(),
+    };
+    if let Some(p) = own {
+        let g = p.group.status();
+        let fs = p.fs.statfs();
+        let cp = p.cp_record.lock().unwrap_or_else(|e| e.into_inner());
+        st.aggregate_uuid = g.uuid;
+        st.aggregate_state = g.state.to_string();
+        st.data_disks = g.geometry.data_disks;
+        st.fs_generation = p.fs.generation();
+        st.applied_seq = p.fs.applied_seq();
+        st.files_used = fs.files_used;
+        st.free_bytes = fs.free_bytes;
+        st.total_bytes = fs.total_bytes;
+        st.last_cp = cp.last.clone();
+        st.cp_count = cp.count;
+        st.cp_error = cp.last_error.clone();
+        st.listeners = p.listeners.as_ref().map(listener_list).unwrap_or_default();
     }
+    st
 }
 
 fn listener_list(l: &Listeners) -> Vec<SocketAddr> {

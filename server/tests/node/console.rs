@@ -105,7 +105,7 @@ async fn console_api_serves_real_status_and_refuses_takeover() {
         body["error"]
             .as_str()
             .unwrap()
-            .contains("takeover driver not built yet"),
+            .contains("not part of an HA pair"),
         "{body}"
     );
     let r = c
@@ -294,7 +294,7 @@ async fn status_cli_prints_the_node_and_fails_on_401() {
     );
     assert!(out.contains("node c (answering): normal"), "{out}");
     assert!(out.contains("export / on 127.0.0.1"), "{out}");
-    assert!(out.contains("takeover driver not built yet"), "{out}");
+    assert!(out.contains("not part of an HA pair"), "{out}");
 
     let bad = run(vec!["--token".into(), "wrong".into()], None).await;
     assert!(!bad.status.success());
@@ -353,7 +353,7 @@ fn demo_starts_verifies_and_stops_the_pair_and_resumes_it() {
     let dir = tmp.path().canonicalize().unwrap();
     let tag = blake3::hash(dir.as_os_str().as_encoded_bytes()).to_hex();
     let _regions = DemoRegions(
-        ["a", "b"]
+        ["a", "b", "a-partner", "b-partner"]
             .iter()
             .map(|n| format!("/dev/shm/twinfiler-demo-{}-{n}.nvram", &tag[..12]).into())
             .collect(),

@@ -5,6 +5,8 @@
 //! skip loudly without it), /dev/shm for NVRAM regions, io_uring for the disks.
 //! Longer runs: `TWINFILER_LONG_TESTS=1`.
 
+mod browser;
+mod cli_takeover;
 mod client;
 mod common;
 mod config;
@@ -13,5 +15,6 @@ mod libnfs;
 mod lifecycle;
 mod long;
 mod mirror;
+mod pair;
 mod procedures;
 mod restart;
