@@ -6,6 +6,7 @@ mod fs;
 mod nfs;
 mod nvlog;
 mod raid4;
+mod takeover;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -30,6 +31,8 @@ enum Subsystem {
     Nvlog,
     /// NFSv3 over loopback: a node with a mirroring partner (or --server), our client.
     Nfs(nfs::NfsArgs),
+    /// HA pair: client-visible pauses of graceful, forced and hard takeovers and givebacks.
+    Takeover(takeover::TakeoverArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Subsystem::Fs => fs::run(args.quick, &args.dir),
         Subsystem::Nvlog => nvlog::run(args.quick),
         Subsystem::Nfs(a) => nfs::run(a, args.quick, &args.dir),
+        Subsystem::Takeover(a) => takeover::run(a, args.quick, &args.dir),
     }
 }
 

@@ -3,9 +3,13 @@
 //! connection. Built on the sans-IO encoders and decoders of `twinfiler-proto`; it talks to
 //! any NFSv3 server (ours, nfs-ganesha, the Linux kernel's), so one client measures them all.
 //!
-//! Not a general-purpose client: no retransmission (a lost reply is a timeout error), no
-//! reconnection, no attribute cache.
+//! By default a lost reply is a timeout error and a lost connection fails the calls on it;
+//! [`NfsClient::connect_hard`] gives a "hard mount" instead ([`hard`]: reconnects and
+//! retransmits with the same xid, for takeover tests), and [`load`] is a writer that keeps
+//! files coming and verifies every acknowledged byte. No attribute cache.
 
+pub mod hard;
+pub mod load;
 mod rpc;
 
 use std::net::{IpAddr, SocketAddr};
@@ -21,6 +25,7 @@ use twinfiler_proto::portmap::{Mapping, PmapProc, IPPROTO_TCP, PMAP_PROGRAM, PMA
 use twinfiler_proto::rpc::{AuthSys, Credential};
 use twinfiler_proto::xdr::{Decoder, Xdr, XdrError};
 
+pub use hard::{HardConn, HardOptions, HardStats, HardTarget, Stall};
 pub use rpc::{Reply, RpcConn, CALL_TIMEOUT_MS};
 
 /// The standard portmapper port.
@@ -160,10 +165,33 @@ pub async fn mount(addr: SocketAddr, cred: Credential, path: &str) -> Result<Nfs
     }
 }
 
+/// How calls reach the server.
+enum Transport {
+    /// One connection; its loss fails the calls.
+    Plain(RpcConn),
+    /// Reconnects and retransmits ([`hard`]).
+    Hard(HardConn),
+}
+
+impl Transport {
+    async fn call(
+        &self,
+        prog: u32,
+        vers: u32,
+        proc_: u32,
+        encode_args: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Reply, ClientError> {
+        match self {
+            Transport::Plain(c) => c.call(prog, vers, proc_, encode_args).await,
+            Transport::Hard(c) => c.call(prog, vers, proc_, encode_args).await,
+        }
+    }
+}
+
 /// One NFSv3 connection plus the export's root handle. Share it (`Arc`) between tasks to
 /// keep several calls in flight.
 pub struct NfsClient {
-    conn: RpcConn,
+    conn: Transport,
     root: NfsFh3,
 }
 
@@ -211,7 +239,45 @@ impl NfsClient {
         };
         let root = mount(SocketAddr::new(server.ip, mount_port), cred.clone(), export).await?;
         let conn = RpcConn::connect(SocketAddr::new(server.ip, nfs_port), cred).await?;
-        Ok(NfsClient { conn, root })
+        Ok(NfsClient {
+            conn: Transport::Plain(conn),
+            root,
+        })
+    }
+
+    /// Like [`NfsClient::connect`], but NFS calls go through a [`HardConn`]: they ride
+    /// through server restarts and takeovers. (MOUNT is asked once, here, without retries.)
+    pub async fn connect_hard(
+        server: &ServerAddr,
+        export: &str,
+        cred: Credential,
+        opts: HardOptions,
+    ) -> Result<Self, ClientError> {
+        let mount_port = match server.mount_port {
+            Some(p) => p,
+            None => getport(server.ip, server.portmap_port, MOUNT_PROGRAM, MOUNT_V3).await?,
+        };
+        let root = mount(SocketAddr::new(server.ip, mount_port), cred.clone(), export).await?;
+        let target = HardTarget {
+            ip: server.ip,
+            portmap_port: server.portmap_port,
+            port: server.nfs_port,
+            prog: NFS_PROGRAM,
+            vers: NFS_V3,
+        };
+        let conn = HardConn::connect(target, cred, opts).await?;
+        Ok(NfsClient {
+            conn: Transport::Hard(conn),
+            root,
+        })
+    }
+
+    /// What the hard transport saw (`None` for a plain client).
+    pub fn hard_stats(&self) -> Option<&std::sync::Arc<HardStats>> {
+        match &self.conn {
+            Transport::Plain(_) => None,
+            Transport::Hard(h) => Some(h.stats()),
+        }
     }
 
     /// The export's root handle.

@@ -3,14 +3,14 @@
 //! by xid. Replies may come back in any order.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 use tokio::sync::oneshot;
 use twinfiler_proto::record::{RecordDecoder, RECORD_BYTES_MAX, RECORD_MARK_BYTES};
 use twinfiler_proto::rpc::{self, AcceptStat, CallHeader, Credential, OpaqueAuth, ReplyStatus};
@@ -48,19 +48,48 @@ type Pending = Mutex<Option<HashMap<u32, Waiter>>>;
 
 /// One TCP connection to an RPC server; cheap to share (`Arc`) between concurrent callers.
 pub struct RpcConn {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// `None` once [`RpcConn::close`]d.
+    writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
     pending: Arc<Pending>,
     next_xid: AtomicU32,
     cred: Credential,
     reader: tokio::task::JoinHandle<()>,
+    local: SocketAddr,
 }
 
 impl RpcConn {
     /// Connects to `addr`; every call carries `cred`.
     pub async fn connect(addr: SocketAddr, cred: Credential) -> Result<Self, ClientError> {
+        Self::connect_from(addr, cred, None).await
+    }
+
+    /// Connects to `addr` from local port `local_port` (any port if `None`), with
+    /// SO_REUSEADDR so that a reconnection can take the same port again: the server's
+    /// duplicate-request cache knows a client by address and port, as Linux clients keep
+    /// theirs across reconnects.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        cred: Credential,
+        local_port: Option<u16>,
+    ) -> Result<Self, ClientError> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // On every socket: a later one may bind our port only if both allow it.
+        socket.set_reuseaddr(true)?;
+        if let Some(port) = local_port {
+            let any: IpAddr = if addr.is_ipv4() {
+                Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                Ipv6Addr::UNSPECIFIED.into()
+            };
+            socket.bind(SocketAddr::new(any, port))?;
+        }
         let stream = tokio::time::timeout(
             Duration::from_millis(CONNECT_TIMEOUT_MS),
-            TcpStream::connect(addr),
+            socket.connect(addr),
         )
         .await
         .map_err(|_| ClientError::Timeout {
@@ -68,6 +97,7 @@ impl RpcConn {
             ms: CONNECT_TIMEOUT_MS,
         })??;
         stream.set_nodelay(true)?;
+        let local = stream.local_addr()?;
         let (mut read_half, write_half) = stream.into_split();
         let pending: Arc<Pending> = Arc::new(Mutex::new(Some(HashMap::new())));
         let reader_pending = pending.clone();
@@ -80,19 +110,67 @@ impl RpcConn {
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
         });
-        // Start xids somewhere arbitrary so two runs against one server do not share a DRC
-        // key space (the server caches replies by xid and client address).
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16))
-            .unwrap_or(1);
         Ok(RpcConn {
-            writer: tokio::sync::Mutex::new(write_half),
+            writer: tokio::sync::Mutex::new(Some(write_half)),
             pending,
-            next_xid: AtomicU32::new(seed),
+            next_xid: AtomicU32::new(xid_seed()),
             cred,
             reader,
+            local,
         })
+    }
+
+    /// The local address (and port) of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The credential every call carries.
+    pub fn cred(&self) -> &Credential {
+        &self.cred
+    }
+
+    /// A fresh xid for a call on this connection.
+    pub fn next_xid(&self) -> u32 {
+        self.next_xid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// True once the connection is gone (the reader stopped).
+    pub fn is_closed(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
+    /// Registers interest in the reply to `xid` (before sending the call, so that a fast
+    /// reply is not missed).
+    pub fn register(&self, xid: u32) -> Result<oneshot::Receiver<Vec<u8>>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let map = pending.as_mut().ok_or(ClientError::Closed)?;
+        // A retransmission re-registers the same xid: the newer waiter replaces the older.
+        map.insert(xid, tx);
+        Ok(rx)
+    }
+
+    /// Writes one complete call record (from [`encode_call`]).
+    pub async fn send(&self, msg: &[u8]) -> Result<(), ClientError> {
+        let mut w = self.writer.lock().await;
+        let w = w.as_mut().ok_or(ClientError::Closed)?;
+        w.write_all(msg).await?;
+        Ok(())
+    }
+
+    /// Closes the connection now, even while others still hold it (their calls fail with
+    /// [`ClientError::Closed`]): frees the local port for a reconnection.
+    pub async fn close(&self) {
+        self.reader.abort();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.writer.lock().await.take();
     }
 
     /// Calls `prog`/`vers`/`proc_` with arguments appended by `encode_args`; returns the
@@ -104,42 +182,12 @@ impl RpcConn {
         proc_: u32,
         encode_args: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Reply, ClientError> {
-        let xid = self.next_xid.fetch_add(1, Ordering::Relaxed);
-        // The record mark goes in front once the length is known: one buffer, one write.
-        let mut msg = vec![0u8; RECORD_MARK_BYTES];
-        CallHeader {
-            xid,
-            prog,
-            vers,
-            proc_,
-            cred: self.cred.clone(),
-            verf: OpaqueAuth::none(),
-        }
-        .encode(&mut msg);
-        encode_args(&mut msg);
-        let body_len = msg.len() - RECORD_MARK_BYTES;
-        if body_len > RECORD_BYTES_MAX {
-            return Err(ClientError::TooLarge { bytes: body_len });
-        }
-        msg[..RECORD_MARK_BYTES]
-            .copy_from_slice(&twinfiler_proto::record::record_mark(body_len, true));
-
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let map = pending.as_mut().ok_or(ClientError::Closed)?;
-            assert!(
-                map.insert(xid, tx).is_none(),
-                "xid {xid} reused while in flight"
-            );
-        }
-        let written = {
-            let mut w = self.writer.lock().await;
-            w.write_all(&msg).await
-        };
-        if let Err(e) = written {
+        let xid = self.next_xid();
+        let msg = encode_call(xid, prog, vers, proc_, &self.cred, encode_args)?;
+        let rx = self.register(xid)?;
+        if let Err(e) = self.send(&msg).await {
             self.forget(xid);
-            return Err(e.into());
+            return Err(e);
         }
         let record = match tokio::time::timeout(Duration::from_millis(CALL_TIMEOUT_MS), rx).await {
             Ok(Ok(record)) => record,
@@ -152,20 +200,11 @@ impl RpcConn {
                 });
             }
         };
-        let (head, results_offset) = rpc::decode_reply(&record)?;
-        match head.status {
-            ReplyStatus::Accepted {
-                stat: AcceptStat::Success,
-                ..
-            } => Ok(Reply {
-                record,
-                results_offset,
-            }),
-            status => Err(ClientError::Rpc(format!("{status:?}"))),
-        }
+        accept_reply(record)
     }
 
-    fn forget(&self, xid: u32) {
+    /// Stops waiting for the reply to `xid`.
+    pub fn forget(&self, xid: u32) {
         if let Some(map) = self
             .pending
             .lock()
@@ -174,6 +213,60 @@ impl RpcConn {
         {
             map.remove(&xid);
         }
+    }
+}
+
+/// Start xids somewhere arbitrary so two runs against one server do not share a DRC key
+/// space (the server caches replies by xid and client address).
+pub fn xid_seed() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16))
+        .unwrap_or(1)
+}
+
+/// One call record, record mark included: the header for `xid` with `cred`, then the
+/// arguments `encode_args` appends.
+pub fn encode_call(
+    xid: u32,
+    prog: u32,
+    vers: u32,
+    proc_: u32,
+    cred: &Credential,
+    encode_args: impl FnOnce(&mut Vec<u8>),
+) -> Result<Vec<u8>, ClientError> {
+    // The record mark goes in front once the length is known: one buffer, one write.
+    let mut msg = vec![0u8; RECORD_MARK_BYTES];
+    CallHeader {
+        xid,
+        prog,
+        vers,
+        proc_,
+        cred: cred.clone(),
+        verf: OpaqueAuth::none(),
+    }
+    .encode(&mut msg);
+    encode_args(&mut msg);
+    let body_len = msg.len() - RECORD_MARK_BYTES;
+    if body_len > RECORD_BYTES_MAX {
+        return Err(ClientError::TooLarge { bytes: body_len });
+    }
+    msg[..RECORD_MARK_BYTES].copy_from_slice(&twinfiler_proto::record::record_mark(body_len, true));
+    Ok(msg)
+}
+
+/// Checks a reply record: the reply of an accepted, successful call, or the RPC error.
+pub fn accept_reply(record: Vec<u8>) -> Result<Reply, ClientError> {
+    let (head, results_offset) = rpc::decode_reply(&record)?;
+    match head.status {
+        ReplyStatus::Accepted {
+            stat: AcceptStat::Success,
+            ..
+        } => Ok(Reply {
+            record,
+            results_offset,
+        }),
+        status => Err(ClientError::Rpc(format!("{status:?}"))),
     }
 }
 

@@ -80,7 +80,7 @@ async fn client_on(listener: &TcpListener) -> NfsClient {
         .await
         .unwrap();
     NfsClient {
-        conn,
+        conn: Transport::Plain(conn),
         root: NfsFh3::new(&[0]).unwrap(),
     }
 }
@@ -166,4 +166,150 @@ async fn getport_asks_the_portmapper() {
     let err = getport(ip, port, NFS_PROGRAM, NFS_V3).await.unwrap_err();
     assert!(matches!(err, ClientError::NotRegistered { .. }), "{err}");
     server.await.unwrap();
+}
+
+/// A GETATTR reply for `xid` (fileid 1), framed.
+fn getattr_reply(xid: u32) -> Vec<u8> {
+    let res: GetattrRes = NfsRes::Ok(GetattrResOk {
+        obj_attributes: attrs_for(1),
+    });
+    frame(&success_reply(xid, &res))
+}
+
+/// A hard client of `listener` with fast retransmissions.
+async fn hard_client_on(listener: &TcpListener) -> NfsClient {
+    let addr = listener.local_addr().unwrap();
+    let target = HardTarget {
+        ip: addr.ip(),
+        portmap_port: 1,
+        port: Some(addr.port()),
+        prog: NFS_PROGRAM,
+        vers: NFS_V3,
+    };
+    let opts = HardOptions {
+        reconnect_wait_ms_max: 5_000,
+        retransmit_ms_initial: 200,
+        retransmit_ms_max: 400,
+        call_ms_max: 10_000,
+        jukebox_delay_ms: 10,
+        stall_record_ms: 1,
+        ..HardOptions::default()
+    };
+    NfsClient {
+        conn: Transport::Hard(
+            HardConn::connect(target, auth_sys(1, 1), opts)
+                .await
+                .unwrap(),
+        ),
+        root: NfsFh3::new(&[0]).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn hard_client_reconnects_from_the_same_port_and_resends_the_same_xid() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let client = hard_client_on(&listener).await;
+    let server = tokio::spawn(async move {
+        // First connection: read the call, hang up without answering.
+        let (mut s, peer1) = listener.accept().await.unwrap();
+        let mut dec = RecordDecoder::default();
+        let rec = read_call(&mut s, &mut dec).await.unwrap();
+        let (first, _) = decode_call(&rec).unwrap();
+        drop(s);
+        // Second connection: the same call again, from the same address and port.
+        let (mut s, peer2) = listener.accept().await.unwrap();
+        let mut dec = RecordDecoder::default();
+        let rec = read_call(&mut s, &mut dec).await.unwrap();
+        let (again, _) = decode_call(&rec).unwrap();
+        s.write_all(&getattr_reply(again.xid)).await.unwrap();
+        (peer1, peer2, first.xid, again.xid)
+    });
+    let attrs = client.getattr(&NfsFh3::new(&[1]).unwrap()).await.unwrap();
+    assert_eq!(attrs.fileid, 1);
+    let (peer1, peer2, xid1, xid2) = server.await.unwrap();
+    assert_eq!(peer1, peer2, "the reconnection keeps the client's port");
+    assert_eq!(xid1, xid2, "the retransmission keeps the xid");
+    let stats = client.hard_stats().unwrap();
+    assert_eq!(
+        stats.reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(stats.errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(
+        stats
+            .max_reconnect_pause_us
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+}
+
+#[tokio::test]
+async fn hard_client_retransmits_on_a_silent_connection_and_retries_jukebox() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let client = hard_client_on(&listener).await;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut dec = RecordDecoder::default();
+        // Ignore the first transmission; the retransmission (same xid) gets JUKEBOX.
+        let (a, _) = decode_call(&read_call(&mut s, &mut dec).await.unwrap()).unwrap();
+        let (b, _) = decode_call(&read_call(&mut s, &mut dec).await.unwrap()).unwrap();
+        assert_eq!(a.xid, b.xid);
+        let jukebox: GetattrRes = NfsRes::Err(NfsStat3::Jukebox, ());
+        s.write_all(&frame(&success_reply(b.xid, &jukebox)))
+            .await
+            .unwrap();
+        // After JUKEBOX: a new xid.
+        let (c, _) = decode_call(&read_call(&mut s, &mut dec).await.unwrap()).unwrap();
+        assert_ne!(c.xid, b.xid);
+        s.write_all(&getattr_reply(c.xid)).await.unwrap();
+    });
+    let attrs = client.getattr(&NfsFh3::new(&[1]).unwrap()).await.unwrap();
+    assert_eq!(attrs.fileid, 1);
+    server.await.unwrap();
+    let stats = client.hard_stats().unwrap();
+    assert_eq!(stats.jukebox.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(stats.retransmits.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert_eq!(stats.errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn hard_client_counts_an_error_status_and_gives_up_after_its_bound() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let client = hard_client_on(&listener).await;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut dec = RecordDecoder::default();
+        let (a, _) = decode_call(&read_call(&mut s, &mut dec).await.unwrap()).unwrap();
+        let stale: GetattrRes = NfsRes::Err(NfsStat3::Stale, ());
+        s.write_all(&frame(&success_reply(a.xid, &stale)))
+            .await
+            .unwrap();
+        // Then the server goes away for good.
+        drop(s);
+        drop(listener);
+    });
+    let err = client
+        .getattr(&NfsFh3::new(&[1]).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Nfs {
+                stat: NfsStat3::Stale,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    server.await.unwrap();
+    let t0 = std::time::Instant::now();
+    let err = client.null().await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(8),
+        "bounded by the reconnect wait"
+    );
+    let stats = client.hard_stats().unwrap();
+    assert_eq!(stats.errors.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
