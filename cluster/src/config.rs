@@ -73,6 +73,11 @@ impl TakeoverConfig {
         u32::try_from(reads.max(2)).unwrap_or(u32::MAX)
     }
 
+    /// Shortest countdown: two detection bounds (a shorter one is raised to this).
+    pub fn countdown_ms_min(&self) -> u64 {
+        2 * self.heartbeat_loss_ms
+    }
+
     /// Checks the relations between bounds; returns what to fix.
     pub fn validate(&self) -> Result<(), String> {
         if self.heartbeat_interval_ms == 0 {

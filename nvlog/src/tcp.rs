@@ -15,6 +15,9 @@ use std::time::Duration;
 pub const POLL_INTERVAL_MS: u64 = 5;
 /// Bound on one connect attempt.
 pub const CONNECT_TIMEOUT_MS: u64 = 200;
+/// A send that makes no progress for this long fails and closes the connection (the sender
+/// reconnects and resyncs; the cluster decides whether appends may go on without it).
+pub const WRITE_TIMEOUT_MS: u64 = 300;
 /// Vectored writes are cut to this many slices (well under IOV_MAX = 1024).
 const IOVECS_MAX: usize = 768;
 /// Receive buffer allocation; grows to hold one maximal frame.
@@ -121,6 +124,9 @@ fn split(
     // One small ack must not wait for Nagle: the append latency is one round trip.
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_millis(POLL_INTERVAL_MS)))?;
+    // A write into a full send buffer toward a partner that stopped reading (a cut link)
+    // must fail, not block: the appender doing the group commit is on an async runtime.
+    stream.set_write_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)))?;
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());

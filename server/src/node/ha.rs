@@ -735,14 +735,14 @@ impl MailboxWorker {
     }
 
     fn write(&self, record: MailboxRecord) {
-        if self.tx.try_send(MailboxJob::Write(record)).is_err() {
-            tracing::warn!("mailbox queue full: a mailbox write was skipped");
+        if let Err(e) = self.tx.try_send(MailboxJob::Write(record)) {
+            tracing::warn!(error = %e, "a mailbox write was skipped (the disks are slow, or the mailbox thread ended)");
         }
     }
 
     fn read(&self, read_id: u64) {
-        if self.tx.try_send(MailboxJob::Read(read_id)).is_err() {
-            tracing::warn!("mailbox queue full: a mailbox read was skipped");
+        if let Err(e) = self.tx.try_send(MailboxJob::Read(read_id)) {
+            tracing::warn!(error = %e, "a mailbox read was skipped (the disks are slow, or the mailbox thread ended)");
         }
     }
 }

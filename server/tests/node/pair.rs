@@ -43,7 +43,12 @@ fn pair_port() -> u16 {
 struct Pair {
     setups: [Setup; 2],
     configs: [PathBuf; 2],
+    /// Each node's console.
+    consoles: [SocketAddr; 2],
 }
+
+/// The operator's API token in these tests.
+const TOKEN: &str = "pair-test-token";
 
 impl Pair {
     fn new() -> Pair {
@@ -51,6 +56,11 @@ impl Pair {
         let setups = [Setup::new(), Setup::new()];
         let (pm, mnt, nfs, ic) = (pair_port(), pair_port(), pair_port(), pair_port());
         let mirror = [pair_port(), pair_port()];
+        let console_port = pair_port();
+        let consoles = [
+            SocketAddr::new(IpAddr::V4(A_IP), console_port),
+            SocketAddr::new(IpAddr::V4(B_IP), console_port),
+        ];
         let ips = [A_IP, B_IP];
         let names = ["a", "b"];
         let configs = [0, 1].map(|i| setups[i].path().join("node.toml"));
@@ -74,15 +84,23 @@ impl Pair {
                 "{text}\n[mirror]\nlisten = \"{me}:{}\"\npartner = \"{other}:{}\"\n\n\
                  [cluster]\nnode_id = {i}\npartner_config = \"{}\"\n\
                  links = [{{ local = \"{me}:{ic}\", peer = \"{other}:{ic}\" }}]\n\
-                 takeover_log = \"{}\"\n",
+                 takeover_log = \"{}\"\n\n\
+                 [console]\nlisten = \"{}\"\n\
+                 api_tokens = [{{ name = \"t\", blake3_hex = \"{}\" }}]\n",
                 mirror[i],
                 mirror[1 - i],
                 configs[1 - i].display(),
                 s.path().join("partner.nvram").display(),
+                consoles[i],
+                web_ui::hash_token(TOKEN),
             );
             std::fs::write(&configs[i], text).expect("write config");
         }
-        Pair { setups, configs }
+        Pair {
+            setups,
+            configs,
+            consoles,
+        }
     }
 
     fn config(&self, i: usize) -> NodeConfig {
@@ -192,6 +210,54 @@ fn a_addrs(a: &Node) -> (SocketAddr, SocketAddr) {
     )
 }
 
+/// Starts an operation through the JSON API and follows it to its outcome.
+async fn api_operation(
+    console: SocketAddr,
+    what: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let c = reqwest::Client::new();
+    let base = format!("http://{console}");
+    let check: serde_json::Value = c
+        .post(format!("{base}/api/v1/{what}/check"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"target": body["target"]}))
+        .send()
+        .await
+        .expect("check")
+        .json()
+        .await
+        .expect("check body");
+    assert_eq!(check["possible"], true, "{check}");
+    let r = c
+        .post(format!("{base}/api/v1/{what}"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(r.status(), 202);
+    let started: serde_json::Value = r.json().await.expect("body");
+    let url = format!("{base}{}", started["status_url"].as_str().expect("url"));
+    let deadline = Instant::now() + Duration::from_millis(STATE_WAIT_MS_MAX);
+    loop {
+        let p: serde_json::Value = c
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("progress")
+            .json()
+            .await
+            .expect("progress body");
+        if !p["outcome"].is_null() {
+            return p["outcome"].clone();
+        }
+        assert!(Instant::now() < deadline, "no outcome: {p}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn read_back(nfs_addr: SocketAddr, fh: &nfs_fh3, want: &[u8]) {
     let mut c = nfs(nfs_addr, LOCAL, &Cred::root()).await;
     let got = read_all(&mut c, fh, 0, want.len()).await.expect("read");
@@ -221,16 +287,14 @@ async fn a_pair_takes_over_and_gives_back_without_losing_a_write() {
     write_all(&mut c, &f, 0, &data).await.expect("write");
     drop(c);
 
-    // 1. Graceful, asked at the victim (path 1).
-    a.ha()
-        .unwrap()
-        .request(OperatorRequest::Takeover {
-            of: NodeId(0),
-            countdown_ms: Some(20_000),
-            immediate: false,
-            check_only: false,
-        })
-        .unwrap();
+    // 1. Graceful, asked at the victim (path 1), through the operator API.
+    let outcome = api_operation(
+        pair.consoles[0],
+        "takeover",
+        serde_json::json!({"target": "a", "mode": {"kind": "graceful", "countdown_s": 20}}),
+    )
+    .await;
+    assert_eq!(outcome["result"], "succeeded", "{outcome}");
     wait_taken_over(&b, Some(&a)).await;
     read_back(nfs_a, &f, &data).await;
     let mut c = nfs(nfs_a, LOCAL, &Cred::root()).await;
