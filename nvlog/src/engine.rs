@@ -153,6 +153,8 @@ pub struct Status {
     pub degraded_entries: u64,
     /// Mirror sessions started by our sender.
     pub mirror_sessions: u64,
+    /// Record bytes persisted locally whose group commit the partner has not acknowledged.
+    pub mirror_lag_bytes: u64,
 }
 
 enum Pending {
@@ -168,6 +170,32 @@ enum Pending {
         generation: u64,
         base_seq: u64,
     },
+}
+
+#[derive(Clone, Copy)]
+struct UnmirroredBatch {
+    seq: u64,
+    persisted_at: Instant,
+    bytes: u64,
+}
+
+/// Latency samples for the metrics, in seconds; each list keeps the first
+/// [`LATENCY_SAMPLES_MAX`] since it was last taken.
+#[derive(Clone, Debug, Default)]
+pub struct Latencies {
+    /// Local persist of one group commit (flush and fence, or msync).
+    pub persist_seconds: Vec<f64>,
+    /// From a group commit's local persist to the partner's acknowledgement.
+    pub mirror_seconds: Vec<f64>,
+}
+
+/// Samples kept between two takes (a poll each second needs far fewer).
+pub const LATENCY_SAMPLES_MAX: usize = 10_000;
+
+fn sample(list: &mut Vec<f64>, seconds: f64) {
+    if list.len() < LATENCY_SAMPLES_MAX {
+        list.push(seconds);
+    }
 }
 
 struct Writer {
@@ -186,7 +214,11 @@ struct State {
     pending: VecDeque<Pending>,
     waiters: VecDeque<(u64, oneshot::Sender<Result<u64, AppendError>>)>,
     sender: Option<Sender>,
-    unmirrored_batches: VecDeque<u64>,
+    /// Group commits sent to the partner and not yet acknowledged: last seq, when
+    /// persisted locally, record bytes.
+    unmirrored_batches: VecDeque<UnmirroredBatch>,
+    /// Latencies measured since the last [`Nvlog::take_latencies`].
+    latencies: Latencies,
     cp_wanted: bool,
     closed: bool,
     appends: u64,
@@ -315,6 +347,7 @@ impl Nvlog {
                 waiters: VecDeque::new(),
                 sender,
                 unmirrored_batches: VecDeque::new(),
+                latencies: Latencies::default(),
                 cp_wanted: false,
                 closed: false,
                 appends: 0,
@@ -716,7 +749,13 @@ impl Nvlog {
             auth_failures: inner.auth_failures.get(),
             degraded_entries: counters.degraded_entries,
             mirror_sessions: counters.sessions,
+            mirror_lag_bytes: st.unmirrored_batches.iter().map(|b| b.bytes).sum(),
         }
+    }
+
+    /// The latencies measured since the last call (for the metrics poller).
+    pub fn take_latencies(&self) -> Latencies {
+        std::mem::take(&mut lock(&self.inner.st).latencies)
     }
 }
 
@@ -791,7 +830,9 @@ impl Inner {
                 st.pending.drain(..).collect()
             };
             // Persist outside the lock: appenders keep copying into the bytes after ours.
+            let persist_started = Instant::now();
             let mut last = None;
+            let mut batch_bytes = 0u64;
             for p in &batch {
                 if let Pending::Records {
                     half,
@@ -803,11 +844,17 @@ impl Inner {
                 {
                     self.own.commit(*half, *start, *end);
                     last = Some(*last_seq);
+                    batch_bytes += end - start;
                 }
             }
+            let persisted_at = Instant::now();
             let resolved = {
                 let mut st = lock(&self.st);
                 st.group_commits += 1;
+                if last.is_some() {
+                    let secs = persisted_at.duration_since(persist_started).as_secs_f64();
+                    sample(&mut st.latencies.persist_seconds, secs);
+                }
                 if let Some(seq) = last {
                     assert!(seq > st.durable_seq, "durable sequence must grow");
                     st.durable_seq = seq;
@@ -843,7 +890,11 @@ impl Inner {
                     }
                     if let Some(seq) = last {
                         if !sender.is_degraded() {
-                            st.unmirrored_batches.push_back(seq);
+                            st.unmirrored_batches.push_back(UnmirroredBatch {
+                                seq,
+                                persisted_at,
+                                bytes: batch_bytes,
+                            });
                         }
                     }
                 }
@@ -950,12 +1001,16 @@ fn resolve(st: &mut State) -> Resolved {
             } else {
                 s.mirrored_seq()
             };
-            while st
-                .unmirrored_batches
-                .front()
-                .is_some_and(|seq| *seq <= mirrored)
-            {
+            let now = Instant::now();
+            while let Some(b) = st.unmirrored_batches.front().copied() {
+                if b.seq > mirrored {
+                    break;
+                }
                 st.unmirrored_batches.pop_front();
+                if mirrored != u64::MAX {
+                    let secs = now.duration_since(b.persisted_at).as_secs_f64();
+                    sample(&mut st.latencies.mirror_seconds, secs);
+                }
             }
             s.resolvable_seq(st.durable_seq)
         }

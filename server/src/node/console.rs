@@ -239,14 +239,17 @@ impl NodeConsole {
         }
         m.nfs_drc_hits
             .inc_by(now.drc_hits.saturating_sub(last.drc_hits));
-        // nvlog measures neither persist nor mirror latency per append, and its lag in
-        // records, not bytes: those series stay empty rather than carry made-up values.
+        // Latencies are per group commit (one persist and one mirror round trip serve
+        // every append in it), not per append.
+        let latencies = self.view.log.take_latencies();
         let mut sample = web_ui::metrics::PollSample {
             nvlog: Some(web_ui::metrics::NvlogSample {
                 appends_total: log.appends,
                 append_bytes_total: self.view.log.bytes_appended(),
+                persist_seconds: latencies.persist_seconds,
+                mirror_seconds: latencies.mirror_seconds,
+                mirror_lag_bytes: log.mirror_lag_bytes,
                 mirror_degraded: matches!(log.mirror, MirrorState::Degraded { .. }),
-                ..Default::default()
             }),
             ha_operations_ended: std::mem::take(&mut inner.ops_ended),
             ..Default::default()
@@ -517,7 +520,7 @@ impl NodeConsole {
             links,
             mirror: MirrorStatus {
                 in_sync,
-                lag_bytes: 0,
+                lag_bytes: log.mirror_lag_bytes,
                 degraded_reason: match &log.mirror {
                     MirrorState::Degraded { reason } => Some(reason.clone()),
                     MirrorState::Standalone => Some("standalone: no partner configured".into()),

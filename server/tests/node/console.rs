@@ -234,6 +234,10 @@ async fn metrics_count_real_nfs_calls() {
     assert!(client::lookup(&mut nfs, &root, "no-such-file")
         .await
         .is_err());
+    // A logged request: the NVRAM log's appends, bytes and persist latency show it.
+    client::create(&mut nfs, &root, "logged", 0o644)
+        .await
+        .expect("create");
     let deadline = Instant::now() + Duration::from_millis(METRICS_WAIT_MS_MAX);
     loop {
         let s = scrape(&c, &base).await;
@@ -245,7 +249,21 @@ async fn metrics_count_real_nfs_calls() {
                     && status.is_none_or(|st| x.labels.get("status") == Some(st))
             })
         };
-        if now - start >= GETATTR_CALLS as f64 {
+        let total = |metric: &str| {
+            s.samples
+                .iter()
+                .filter(|x| x.metric == metric)
+                .map(|x| match x.value {
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => 0.0,
+                })
+                .sum::<f64>()
+        };
+        let logged = total("twinfiler_nvlog_append_bytes_total") > 0.0
+            && total("twinfiler_nvlog_persist_seconds_count") > 0.0;
+        if now - start >= GETATTR_CALLS as f64 && logged {
             // Counted by reply status, and timed.
             assert!(with("twinfiler_nfs_ops_total", "GETATTR", Some("NFS3_OK")));
             assert!(with(
