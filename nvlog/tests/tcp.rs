@@ -417,8 +417,14 @@ fn cluster_controls_degradation_mirror_acceptance_and_log_restart() {
         owner.append(kind::OP, b"zero").await.expect("append");
         wait_until("mirror synced", || owner.mirror_synced());
         let l = owner.take_latencies();
-        assert!(!l.persist_seconds.is_empty() && !l.mirror_seconds.is_empty(), "{l:?}");
-        assert!(owner.take_latencies().persist_seconds.is_empty(), "taken once");
+        assert!(
+            !l.persist_seconds.is_empty() && !l.mirror_seconds.is_empty(),
+            "{l:?}"
+        );
+        assert!(
+            owner.take_latencies().persist_seconds.is_empty(),
+            "taken once"
+        );
         assert_eq!(owner.status().mirror_lag_bytes, 0);
         // Closed and reopened before the sender sent anything: it must notice and resync.
         partner.set_accept_partner(false);

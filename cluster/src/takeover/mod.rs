@@ -558,7 +558,8 @@ impl Takeover {
                 immediate,
                 check_only,
             } => {
-                let countdown_ms = self.clamp_countdown(countdown_ms.unwrap_or(self.cfg.countdown_ms));
+                let countdown_ms =
+                    self.clamp_countdown(countdown_ms.unwrap_or(self.cfg.countdown_ms));
                 if of == self.me {
                     self.ask_partner(countdown_ms, immediate, check_only);
                 } else if of == self.partner {

@@ -48,8 +48,7 @@ pub fn run_client<T: Send, F: std::future::Future<Output = T>>(
     std::thread::scope(|s| {
         let h = s.spawn(|| {
             if let Some(ns) = netns {
-                twinfiler::lab::netns::enter_netns(ns)
-                    .expect("enter the client namespace");
+                twinfiler::lab::netns::enter_netns(ns).expect("enter the client namespace");
             }
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
