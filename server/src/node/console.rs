@@ -271,7 +271,7 @@ impl NodeConsole {
             sample.links = (0..snap.links)
                 .map(|i| web_ui::metrics::LinkSample {
                     name: format!("ic{i}"),
-                    heartbeat_misses_total: 0,
+                    heartbeat_misses_total: snap.heartbeat_misses,
                     heartbeat_rtt_seconds: if rtt > 0 {
                         vec![rtt as f64 / 1e6]
                     } else {
@@ -428,7 +428,9 @@ impl NodeConsole {
                     name: format!("ic{i}"),
                     up: i < s.links_up,
                     heartbeat_rtt_us: (s.rtt.mean_us() > 0).then(|| s.rtt.mean_us()),
-                    heartbeat_misses: 0,
+                    // Heartbeats go out on every link and the first copy counts: a miss
+                    // is the pair's, shown on each link.
+                    heartbeat_misses: s.heartbeat_misses,
                 })
                 .collect()
         });

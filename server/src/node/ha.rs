@@ -19,8 +19,8 @@ use cluster::interconnect::{Interconnect, InterconnectEvent, RttStats};
 use cluster::mailbox::MailboxRecord;
 use cluster::mailbox_io::MailboxDisks;
 use cluster::persist::Persisted;
-use cluster::takeover::{MirrorMode, Note, OperatorRequest, Reasons, State, StateCode, Step};
-use cluster::wire::Heartbeat;
+use cluster::takeover::{MirrorMode, Note, OperatorRequest, Reasons, StateCode, Step};
+use cluster::wire::{Heartbeat, Message};
 use cluster::{Action, Event, NodeId, Takeover, Time};
 use nvlog::{DegradePolicy, MirrorState, Nvlog};
 use tokio::sync::{broadcast, mpsc};
@@ -90,6 +90,9 @@ pub struct HaSnapshot {
     pub health: cluster::health::Health,
     /// Auto-giveback disabled by the ping-pong guard.
     pub auto_giveback_disabled: bool,
+    /// Heartbeat intervals that passed without a heartbeat from the partner, since start
+    /// (counted once the partner was first heard; a heartbeat on any link counts).
+    pub heartbeat_misses: u64,
 }
 
 /// Shared between the driver, status and the console.
@@ -241,6 +244,8 @@ impl Driver {
             step_ms_max: parts.cfg.step_ms_max,
             identities: identities.clone(),
             last_note: None,
+            misses: MissCounter::default(),
+            heartbeat_interval_ms: parts.cfg.heartbeat_interval_ms,
         };
         let task = tokio::spawn(async move {
             looped.run(stop_rx).await;
@@ -279,6 +284,34 @@ struct Loop {
     step_ms_max: u64,
     identities: [Arc<tokio::sync::Mutex<Identity>>; 2],
     last_note: Option<Note>,
+    misses: MissCounter,
+    heartbeat_interval_ms: u64,
+}
+
+/// Counts heartbeat intervals without a heartbeat.
+#[derive(Default)]
+struct MissCounter {
+    last_heard: Option<Instant>,
+    counted_in_gap: u64,
+    total: u64,
+}
+
+impl MissCounter {
+    fn heard(&mut self) {
+        self.last_heard = Some(Instant::now());
+        self.counted_in_gap = 0;
+    }
+
+    fn tick(&mut self, interval_ms: u64) {
+        if let Some(at) = self.last_heard {
+            // The first interval of a gap is the normal wait for the next heartbeat.
+            let missed = (at.elapsed().as_millis() as u64 / interval_ms.max(1)).saturating_sub(1);
+            if missed > self.counted_in_gap {
+                self.total += missed - self.counted_in_gap;
+                self.counted_in_gap = missed;
+            }
+        }
+    }
 }
 
 impl Loop {
@@ -295,7 +328,10 @@ impl Loop {
         loop {
             let event = tokio::select! {
                 _ = stop.changed() => return,
-                _ = tick.tick() => Some(Event::Tick),
+                _ = tick.tick() => {
+                    self.misses.tick(self.heartbeat_interval_ms);
+                    Some(Event::Tick)
+                }
                 _ = health.tick() => self.health_event(),
                 Some(input) = self.input.recv() => match input {
                     Input::Event(e) => Some(e),
@@ -313,7 +349,12 @@ impl Loop {
 
     fn on_interconnect(&mut self, e: InterconnectEvent) -> Option<Event> {
         match e {
-            InterconnectEvent::Message { message, .. } => Some(Event::Received(message)),
+            InterconnectEvent::Message { message, .. } => {
+                if matches!(message, Message::Heartbeat(_)) {
+                    self.misses.heard();
+                }
+                Some(Event::Received(message))
+            }
             InterconnectEvent::LinkUp { link } => {
                 self.links_up += 1;
                 tracing::info!(link, "interconnect link up");
@@ -401,12 +442,13 @@ impl Loop {
             }
         }
         let rtt = self.interconnect.rtt();
+        let mut snap = snapshot_of(&self.machine, self.links_up, self.links, rtt);
+        snap.heartbeat_misses = self.misses.total;
         *self
             .shared
             .snapshot
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) =
-            snapshot_of(&self.machine, self.links_up, self.links, rtt);
+            .unwrap_or_else(|e| e.into_inner()) = snap;
     }
 
     fn worker(&self, identity: NodeId) -> &IdentityWorker {
@@ -490,33 +532,7 @@ fn snapshot_of(m: &Takeover, links_up: usize, links: usize, rtt: RttStats) -> Ha
         mirror_mode: m.mirror_mode(),
         health: m.health(),
         auto_giveback_disabled: m.auto_giveback_disabled(),
-    }
-}
-
-/// Whether the machine's state is one where this node serves nothing of its own.
-pub fn is_down(state: StateCode) -> bool {
-    matches!(
-        state,
-        StateCode::WaitingForGiveback | StateCode::HandingOff | StateCode::Booting
-    )
-}
-
-/// The machine's state, by name (for logs and tests).
-pub fn state_name(s: State) -> &'static str {
-    match s.code() {
-        StateCode::Booting => "booting",
-        StateCode::Starting => "starting",
-        StateCode::Normal => "normal",
-        StateCode::TakeoverCheck => "takeover-check",
-        StateCode::AskedPartner => "asked-partner",
-        StateCode::WaitingForShutdown => "waiting-for-shutdown",
-        StateCode::TakingOver => "taking-over",
-        StateCode::InTakeover => "in-takeover",
-        StateCode::Draining => "draining",
-        StateCode::HandingOff => "handing-off",
-        StateCode::WaitingForGiveback => "waiting-for-giveback",
-        StateCode::GivingBack => "giving-back",
-        StateCode::ReceivingGiveback => "receiving-giveback",
+        heartbeat_misses: 0,
     }
 }
 

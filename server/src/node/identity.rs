@@ -13,7 +13,7 @@
 //! `applied_seq` stays one sequence space, so a CP releases only what it covers and a replay
 //! after a crash of this node finds the mirror and then the continuation, in order.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -688,12 +688,4 @@ const BIND_RETRY_POLL_MS: u64 = 20;
 fn is_block_device(p: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt as _;
     std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
-}
-
-/// An IPv4 address helper for status ("10.0.0.11/24").
-pub fn address_label(config: &NodeConfig) -> String {
-    match (config.nfs.bind, config.nfs.bind_prefix_len) {
-        (IpAddr::V4(a), Some(p)) if a != Ipv4Addr::UNSPECIFIED => format!("{a}/{p}"),
-        (a, _) => a.to_string(),
-    }
 }

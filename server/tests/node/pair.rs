@@ -332,8 +332,15 @@ async fn a_pair_takes_over_and_gives_back_without_losing_a_write() {
     let last = pattern(3, 100_000);
     write_all(&mut c, &h, 0, &last).await.expect("write");
     drop(c);
+    let misses_before = b.ha().unwrap().snapshot().heartbeat_misses;
     drop(a);
     wait_taken_over(&b, None).await;
+    // Detection took a heartbeat-loss bound of silence: counted as misses.
+    let misses = b.ha().unwrap().snapshot().heartbeat_misses - misses_before;
+    assert!(
+        misses >= 5,
+        "{misses} heartbeat misses counted across a hard takeover"
+    );
     read_back(nfs_a, &h, &last).await;
     read_back(nfs_a, &f, &data).await;
 
