@@ -149,15 +149,12 @@ fn mirror_label(s: &MirrorState) -> String {
 
 impl NodeConsole {
     pub(super) fn new(view: NodeView) -> Arc<NodeConsole> {
-        let ops = view.ha.as_ref().map(|ha| {
-            Operations::new(
-                ha.clone(),
-                view.config
-                    .cluster
-                    .as_ref()
-                    .map_or(5_000, |c| c.takeover_config().check_ms_max),
-            )
-        });
+        // A node has an HA driver only with a [cluster] section.
+        let ops = view
+            .ha
+            .as_ref()
+            .zip(view.config.cluster.as_ref())
+            .map(|(ha, c)| Operations::new(ha.clone(), c.takeover_config()));
         let console = Arc::new(NodeConsole {
             metrics: view.metrics.clone(),
             ops,

@@ -197,7 +197,13 @@ impl Driver {
         let shared = Arc::new(HaShared {
             me: parts.me,
             names,
-            snapshot: Mutex::new(snapshot_of(&machine, 0, parts.links, RttStats::default())),
+            snapshot: Mutex::new(snapshot_of(
+                &machine,
+                0,
+                parts.links,
+                RttStats::default(),
+                0,
+            )),
             notes: Mutex::new(VecDeque::new()),
             live,
             input: input_tx.clone(),
@@ -442,8 +448,13 @@ impl Loop {
             }
         }
         let rtt = self.interconnect.rtt();
-        let mut snap = snapshot_of(&self.machine, self.links_up, self.links, rtt);
-        snap.heartbeat_misses = self.misses.total;
+        let snap = snapshot_of(
+            &self.machine,
+            self.links_up,
+            self.links,
+            rtt,
+            self.misses.total,
+        );
         *self
             .shared
             .snapshot
@@ -517,7 +528,13 @@ fn log_note(shared: &HaShared, note: &Note) {
     }
 }
 
-fn snapshot_of(m: &Takeover, links_up: usize, links: usize, rtt: RttStats) -> HaSnapshot {
+fn snapshot_of(
+    m: &Takeover,
+    links_up: usize,
+    links: usize,
+    rtt: RttStats,
+    heartbeat_misses: u64,
+) -> HaSnapshot {
     HaSnapshot {
         state: m.state().code(),
         takeover_impossible: m.takeover_impossible(),
@@ -532,7 +549,7 @@ fn snapshot_of(m: &Takeover, links_up: usize, links: usize, rtt: RttStats) -> Ha
         mirror_mode: m.mirror_mode(),
         health: m.health(),
         auto_giveback_disabled: m.auto_giveback_disabled(),
-        heartbeat_misses: 0,
+        heartbeat_misses,
     }
 }
 

@@ -305,7 +305,16 @@ impl Identity {
         let fs = storage.fs.clone();
         let log = match self.own {
             true => self.node_log.clone(),
-            false => self.open_takeover_log()?,
+            false => {
+                let path = self
+                    .takeover_log_path
+                    .clone()
+                    .ok_or("no takeover log configured")?;
+                let node_log = self.node_log.clone();
+                tokio::task::spawn_blocking(move || open_takeover_log(&path, &node_log))
+                    .await
+                    .map_err(|e| format!("takeover log task: {e}"))??
+            }
         };
         let exports = Exports::from_config(&self.config.exports)
             .map_err(|e| format!("exports of {}: {e}", self.config.name))?;
@@ -373,31 +382,6 @@ impl Identity {
         self.service = Some(service);
         self.publish();
         Ok(replayed)
-    }
-
-    /// Opens the partner identity's continuation log; a fresh one starts right after the
-    /// last record in our mirror of the partner's log.
-    fn open_takeover_log(&self) -> Result<Nvlog, String> {
-        let path = self
-            .takeover_log_path
-            .clone()
-            .ok_or("no takeover log configured")?;
-        let log = Nvlog::open(nvlog::Config {
-            region_path: path.clone(),
-            half_bytes: TAKEOVER_LOG_HALF_BYTES,
-            mirror: None,
-            ..nvlog::Config::default()
-        })
-        .map_err(|e| format!("open the takeover log {}: {e}", path.display()))?;
-        let mirror_last = self
-            .node_log
-            .mirror_last_seq()
-            .map_err(|e| format!("read the mirror of the partner's log: {e}"))?;
-        if log.status().next_seq <= mirror_last {
-            log.restart_at(mirror_last + 1)
-                .map_err(|e| format!("start the takeover log after seq {mirror_last}: {e}"))?;
-        }
-        Ok(log)
     }
 
     /// Raises the data address (netlink + gratuitous ARP when configured) and binds the
@@ -583,7 +567,9 @@ impl Identity {
             true => self.cp_now(CpReason::Shutdown).await.map(|r| r.map(|_| ())),
             false => None,
         };
-        self.release_addresses().await.ok();
+        if let Err(e) = self.release_addresses().await {
+            tracing::warn!(identity = %self.config.name, error = %e, "data address not removed at shutdown");
+        }
         result.unwrap_or(Ok(()))
     }
 
@@ -637,9 +623,39 @@ fn spawn_gate_follower(gate: Arc<AtomicBool>, held: Arc<AtomicBool>, open: Arc<A
 /// How often the write gate follows the hold (well inside the hold check interval).
 const GATE_POLL_MS: u64 = 20;
 
-/// Formats the takeover log region ahead of need (a fresh 128 MiB region takes most of a
-/// second to lay out; a takeover should not wait for it). A region that exists is left as
-/// it is: it may hold the continuation of a takeover this node is resuming.
+/// Serialises the opening of the takeover log region: its preparation in the background
+/// and a takeover must not lay it out at the same time.
+static TAKEOVER_LOG_OPEN: Mutex<()> = Mutex::new(());
+
+/// Opens (laying out when missing) the takeover log region.
+fn open_takeover_region(path: &Path) -> Result<Nvlog, nvlog::OpenError> {
+    let _serial = TAKEOVER_LOG_OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    Nvlog::open(nvlog::Config {
+        region_path: path.to_owned(),
+        half_bytes: TAKEOVER_LOG_HALF_BYTES,
+        mirror: None,
+        ..nvlog::Config::default()
+    })
+}
+
+/// Opens the partner identity's continuation log; a fresh one starts right after the
+/// last record in our mirror of the partner's log. Blocking.
+fn open_takeover_log(path: &Path, node_log: &Nvlog) -> Result<Nvlog, String> {
+    let log = open_takeover_region(path)
+        .map_err(|e| format!("open the takeover log {}: {e}", path.display()))?;
+    let mirror_last = node_log
+        .mirror_last_seq()
+        .map_err(|e| format!("read the mirror of the partner's log: {e}"))?;
+    if log.status().next_seq <= mirror_last {
+        log.restart_at(mirror_last + 1)
+            .map_err(|e| format!("start the takeover log after seq {mirror_last}: {e}"))?;
+    }
+    Ok(log)
+}
+
+/// Lays the takeover log region out ahead of need (a fresh 128 MiB region takes most of a
+/// second; a takeover should not wait for it). A region that exists is left as it is: it
+/// may hold the continuation of a takeover this node is resuming.
 pub fn prepare_takeover_log(path: &Path) {
     if path.exists() {
         return;
@@ -648,13 +664,7 @@ pub fn prepare_takeover_log(path: &Path) {
     std::thread::Builder::new()
         .name("takeover-log-prep".into())
         .spawn(move || {
-            let opened = Nvlog::open(nvlog::Config {
-                region_path: path.clone(),
-                half_bytes: TAKEOVER_LOG_HALF_BYTES,
-                mirror: None,
-                ..nvlog::Config::default()
-            });
-            if let Err(e) = opened {
+            if let Err(e) = open_takeover_region(&path) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot prepare the takeover log");
             }
         })

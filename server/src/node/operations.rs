@@ -37,7 +37,8 @@ const REFRESH_MS: u64 = 250;
 /// The operations of this node.
 pub struct Operations {
     ha: Arc<HaShared>,
-    check_ms_max: u64,
+    /// The machine's bounds (check wait, countdown default and limits).
+    cfg: cluster::TakeoverConfig,
     inner: Mutex<Inner>,
 }
 
@@ -51,10 +52,10 @@ struct Inner {
 
 impl Operations {
     /// Operations driven through `ha`.
-    pub fn new(ha: Arc<HaShared>, check_ms_max: u64) -> Arc<Operations> {
+    pub fn new(ha: Arc<HaShared>, cfg: cluster::TakeoverConfig) -> Arc<Operations> {
         Arc::new(Operations {
             ha,
-            check_ms_max,
+            cfg,
             inner: Mutex::new(Inner::default()),
         })
     }
@@ -91,7 +92,7 @@ impl Operations {
                 check_only: true,
             })
             .map_err(BackendError::Unavailable)?;
-        let wait = Duration::from_millis(self.check_ms_max + CHECK_SLACK_MS);
+        let wait = Duration::from_millis(self.cfg.check_ms_max + CHECK_SLACK_MS);
         let verdict = tokio::time::timeout(wait, async {
             loop {
                 match notes.recv().await {
@@ -159,7 +160,12 @@ impl Operations {
             immediate,
             check_only: false,
         };
-        let bound = OPERATION_MS_MAX + countdown_ms.unwrap_or(600_000);
+        // The countdown the machine will run (it applies the same limits).
+        let countdown_ms = countdown_ms
+            .unwrap_or(self.cfg.countdown_ms)
+            .max(self.cfg.countdown_ms_min())
+            .min(self.cfg.countdown_ms_max);
+        let bound = OPERATION_MS_MAX + countdown_ms;
         self.start(
             OperationKind::Takeover,
             target,
@@ -189,7 +195,7 @@ impl Operations {
             plan,
             OperatorRequest::Giveback { to },
             OPERATION_MS_MAX,
-            None,
+            0,
         )
     }
 
@@ -202,7 +208,7 @@ impl Operations {
         plan: &[&str],
         request: OperatorRequest,
         bound_ms: u64,
-        countdown_ms: Option<u64>,
+        countdown_ms: u64,
     ) -> Result<OperationId, BackendError> {
         let (id, tx) = {
             let mut inner = self.lock();
@@ -424,7 +430,7 @@ async fn follow(
     mut notes: broadcast::Receiver<NoteAt>,
     giveback: bool,
     bound_ms: u64,
-    countdown_ms: Option<u64>,
+    countdown_ms: u64,
 ) -> Outcome {
     let deadline = Instant::now() + Duration::from_millis(bound_ms);
     let mut countdown_until: Option<Instant> = None;
@@ -454,8 +460,7 @@ async fn follow(
             }
         };
         if matches!(at.note, Note::Sent("PLEASE_SHUTDOWN")) && countdown_until.is_none() {
-            let ms = countdown_ms.unwrap_or(30_000);
-            countdown_until = Some(Instant::now() + Duration::from_millis(ms));
+            countdown_until = Some(Instant::now() + Duration::from_millis(countdown_ms));
         }
         let updates = step_of(&at.note);
         if !updates.is_empty() {
