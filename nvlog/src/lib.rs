@@ -43,7 +43,10 @@ pub mod region;
 pub mod tcp;
 pub mod transport;
 
-pub use engine::{AppendError, Config, Durable, Latencies, MirrorConfig, Nvlog, OpenError, Status};
+pub use engine::{
+    AppendError, Config, Durable, Latencies, MirrorConfig, Nvlog, OpenError, Status,
+    BUSY_POLL_US_DEFAULT,
+};
 pub use log::{Record, Replay, ReplayError, Tail};
 pub use mirror::{DegradePolicy, MirrorState, SenderConfig, TAKEOVER_IMPOSSIBLE};
 pub use proto::MirrorKey;

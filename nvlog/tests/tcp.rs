@@ -4,7 +4,9 @@
 //! The writer process is this test binary re-executed with `child_writer` (an ignored test
 //! that only acts when `NVLOG_CHILD_REGION` is set).
 
-use nvlog::{kind, Config, MirrorConfig, MirrorKey, MirrorState, Nvlog, SenderConfig};
+use nvlog::{
+    kind, Config, MirrorConfig, MirrorKey, MirrorState, Nvlog, SenderConfig, BUSY_POLL_US_DEFAULT,
+};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -52,6 +54,7 @@ fn node(
                 degraded_after_ms,
                 ..SenderConfig::default()
             },
+            busy_poll_us: BUSY_POLL_US_DEFAULT,
         }),
         backpressure_wait_ms_max: 10_000,
     })

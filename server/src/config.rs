@@ -171,6 +171,9 @@ pub struct MirrorSection {
     /// Partner silent this long → MIRROR_DEGRADED, ms.
     #[serde(default = "degraded_after_ms_default")]
     pub degraded_after_ms: u64,
+    /// A busy mirror connection polls this long before sleeping, µs (0: off).
+    #[serde(default = "busy_poll_us_default")]
+    pub busy_poll_us: u64,
 }
 
 /// The operator console: where it listens and who may use it.
@@ -436,6 +439,9 @@ fn stop_grace_ms_default() -> u64 {
 }
 fn cp_interval_ms_default() -> u64 {
     CP_INTERVAL_MS_DEFAULT
+}
+fn busy_poll_us_default() -> u64 {
+    nvlog::BUSY_POLL_US_DEFAULT
 }
 fn degraded_after_ms_default() -> u64 {
     nvlog::SenderConfig::default().degraded_after_ms

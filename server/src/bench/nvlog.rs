@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use nvlog::{kind, Config, MirrorConfig, MirrorKey, MirrorState, Nvlog, SenderConfig};
+use nvlog::{
+    kind, Config, MirrorConfig, MirrorKey, MirrorState, Nvlog, SenderConfig, BUSY_POLL_US_DEFAULT,
+};
 
 use super::report;
 
@@ -81,27 +83,14 @@ fn run_in(dir: &Path, sizes: &Sizes) -> anyhow::Result<()> {
     report("nvlog.local_append_p99_us", percentile(&lat, 99.0), "us");
     drop(local);
 
-    let key = MirrorKey::from_passphrase("bench");
-    let mirror = |partner, listen| MirrorConfig {
-        partner_addr: partner,
-        listen_addr: listen,
-        key: key.clone(),
-        sender: SenderConfig::default(),
-    };
-    let b = Nvlog::open(Config {
-        region_path: dir.join("b"),
-        half_bytes: HALF_BYTES,
-        mirror: Some(mirror(None, Some("127.0.0.1:0".parse()?))),
-        ..Config::default()
-    })?;
-    let addr = b.mirror_listen_addr().context("partner listener address")?;
-    let a = Nvlog::open(Config {
-        region_path: dir.join("a"),
-        half_bytes: HALF_BYTES,
-        mirror: Some(mirror(Some(addr), None)),
-        ..Config::default()
-    })?;
-    wait_in_sync(&a)?;
+    // Reference: the same pair with busy polling off (every round trip pays its wake-ups).
+    {
+        let (a, _b) = mirrored_pair(dir, "nopoll", 0)?;
+        let lat = rt.block_on(latencies(&a, sizes.latency_appends))?;
+        report("nvlog.nopoll_append_p50_us", percentile(&lat, 50.0), "us");
+        report("nvlog.nopoll_append_p99_us", percentile(&lat, 99.0), "us");
+    }
+    let (a, _b) = mirrored_pair(dir, "poll", BUSY_POLL_US_DEFAULT)?;
     let lat = rt.block_on(latencies(&a, sizes.latency_appends))?;
     report("nvlog.mirrored_append_p50_us", percentile(&lat, 50.0), "us");
     report("nvlog.mirrored_append_p99_us", percentile(&lat, 99.0), "us");
@@ -148,6 +137,32 @@ fn run_in(dir: &Path, sizes: &Sizes) -> anyhow::Result<()> {
     ))?;
     report("nvlog.mirrored_64k_MBps", mbps, "MB/s");
     Ok(())
+}
+
+/// A writer `a` mirrored to a listening partner `b` on loopback, in sync.
+fn mirrored_pair(dir: &Path, tag: &str, busy_poll_us: u64) -> anyhow::Result<(Nvlog, Nvlog)> {
+    let mirror = |partner, listen| MirrorConfig {
+        partner_addr: partner,
+        listen_addr: listen,
+        key: MirrorKey::from_passphrase("bench"),
+        sender: SenderConfig::default(),
+        busy_poll_us,
+    };
+    let b = Nvlog::open(Config {
+        region_path: dir.join(format!("{tag}-b")),
+        half_bytes: HALF_BYTES,
+        mirror: Some(mirror(None, Some("127.0.0.1:0".parse()?))),
+        ..Config::default()
+    })?;
+    let addr = b.mirror_listen_addr().context("partner listener address")?;
+    let a = Nvlog::open(Config {
+        region_path: dir.join(format!("{tag}-a")),
+        half_bytes: HALF_BYTES,
+        mirror: Some(mirror(Some(addr), None)),
+        ..Config::default()
+    })?;
+    wait_in_sync(&a)?;
+    Ok((a, b))
 }
 
 fn wait_in_sync(log: &Nvlog) -> anyhow::Result<()> {

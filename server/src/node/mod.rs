@@ -498,6 +498,7 @@ async fn open_log(config: &NodeConfig, key: &PairKey) -> Result<Nvlog, NodeError
             degraded_after_ms: m.degraded_after_ms,
             ..SenderConfig::default()
         },
+        busy_poll_us: m.busy_poll_us,
     });
     let cfg = nvlog::Config {
         region_path: config.nvram.region_path.clone(),

@@ -27,6 +27,7 @@ fn partner(region: &std::path::Path, key: &PairKey) -> Nvlog {
             listen_addr: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
             key: key.mirror_key(),
             sender: SenderConfig::default(),
+            busy_poll_us: nvlog::BUSY_POLL_US_DEFAULT,
         }),
         ..nvlog::Config::default()
     })
