@@ -357,6 +357,14 @@ impl Fs {
     /// Applies one modifying operation with log sequence number `seq`. Applying the same op
     /// again changes nothing. Returns the attributes of the created or changed object.
     ///
+    /// Counts op `seq` as applied without running it: its outcome, a refusal, was logged
+    /// when it happened, and replay answers from that record instead of running the op
+    /// against what may be other free space. In `seq` order, like [`Fs::apply`].
+    pub fn apply_refused(&self, seq: u64) {
+        let mut l = lock(&self.live);
+        l.applied_seq = l.applied_seq.max(seq);
+    }
+
     /// Ops must be applied in increasing `seq` order (the log's order): a CP records the
     /// highest `seq` applied at its freeze as `applied_seq`, and replay after a crash or
     /// takeover starts after it.

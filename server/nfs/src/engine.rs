@@ -10,7 +10,13 @@
 //!
 //! Replay runs the same execution on each logged op above the file system's applied seq,
 //! in order, and hands back each regenerated reply for the duplicate-request cache.
+//!
+//! One outcome does not follow from the log alone: a refusal for space (NFS3ERR_NOSPC)
+//! depends on free space and dirty data at that moment, which a replay after a CP sees
+//! differently. Its reply is logged as a REPLY record before it leaves, and replay answers
+//! the op from that record instead of running it again.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +24,7 @@ use nvlog::{kind, AppendError, Nvlog, Record};
 use wafl::{Fid, Fs, FsOp};
 
 use crate::record::{self, RecordMeta};
+use twinfiler_proto::nfs3::NfsStat3;
 
 /// Default bound on how long a request waits for a CP to free log space before it is
 /// answered NFS3ERR_JUKEBOX (the client retries later).
@@ -56,7 +63,7 @@ pub struct Executed {
     /// The complete RPC reply message.
     pub reply: Vec<u8>,
     /// The NFS status in the reply.
-    pub status: twinfiler_proto::nfs3::NfsStat3,
+    pub status: NfsStat3,
     /// The file system went offline: the op is logged but not applied; it must not be
     /// answered (it is re-executed by replay after a remount).
     pub offline: bool,
@@ -90,6 +97,8 @@ pub struct ReplayReport {
     pub ops_replayed: usize,
     /// OP records at or below the file system's applied seq (already in its last CP).
     pub ops_already_applied: usize,
+    /// OP records answered from their logged refusal (REPLY record) without running.
+    pub ops_refused: usize,
     /// Records of other kinds (REPLY, unknown), skipped.
     pub other_kinds: usize,
     /// Replies put back into the duplicate-request cache.
@@ -207,11 +216,15 @@ impl Engine {
         loop {
             match self.try_run(&mut p, exec) {
                 Ok((executed, durable)) => {
+                    let seq = durable.seq();
                     durable
                         .await
                         .map_err(|e| EngineError::Unavailable(e.to_string()))?;
                     if executed.offline {
                         return Err(EngineError::Unavailable("file system offline".into()));
+                    }
+                    if executed.status == NfsStat3::Nospc {
+                        self.log_refusal(seq, &executed.reply).await?;
                     }
                     return Ok(executed);
                 }
@@ -224,6 +237,17 @@ impl Engine {
                 Err(e) => return Err(EngineError::Unavailable(e.to_string())),
             }
         }
+    }
+
+    /// Logs the refusal of op `seq` (its reply) and waits until it is durable: a crash
+    /// before then leaves the op unanswered, and replay's outcome is the one the client
+    /// gets.
+    async fn log_refusal(&self, seq: u64, reply: &[u8]) -> Result<(), EngineError> {
+        self.log
+            .append(kind::REPLY, &nvlog::encode_reply(seq, reply))
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::Unavailable(e.to_string()))
     }
 
     /// The locked part: time, submit, execute.
@@ -275,6 +299,7 @@ impl Engine {
             records: records.len(),
             ..Default::default()
         };
+        let mut refusals = logged_refusals(&records)?;
         let mut prev = 0;
         for r in records {
             if r.seq <= prev {
@@ -294,17 +319,42 @@ impl Engine {
                 why: e.0,
             })?;
             st.last_time_ns = st.last_time_ns.max(op_time_ns(&rec.op));
-            let executed = exec.execute(&self.fs, r.seq, &rec.meta, &rec.op);
-            if executed.offline {
-                return Err(ReplayError::Offline(r.seq));
-            }
-            report.ops_replayed += 1;
+            let reply = match refusals.remove(&r.seq) {
+                Some(reply) => {
+                    self.fs.apply_refused(r.seq);
+                    report.ops_refused += 1;
+                    reply
+                }
+                None => {
+                    let executed = exec.execute(&self.fs, r.seq, &rec.meta, &rec.op);
+                    if executed.offline {
+                        return Err(ReplayError::Offline(r.seq));
+                    }
+                    report.ops_replayed += 1;
+                    executed.reply
+                }
+            };
             report.last_seq = r.seq;
             if rec.meta.drc_key.is_some() {
                 report.drc_entries += 1;
             }
-            replied(&rec.meta, executed.reply);
+            replied(&rec.meta, reply);
         }
         Ok(report)
     }
+}
+
+/// The replies of refused ops, by op seq, from the REPLY records among `records`.
+fn logged_refusals(records: &[Record]) -> Result<HashMap<u64, Vec<u8>>, ReplayError> {
+    records
+        .iter()
+        .filter(|r| r.kind == kind::REPLY)
+        .map(|r| match nvlog::decode_reply(&r.payload) {
+            Some((op_seq, reply)) if op_seq < r.seq => Ok((op_seq, reply.to_vec())),
+            _ => Err(ReplayError::BadRecord {
+                seq: r.seq,
+                why: "a REPLY record that names no earlier op".into(),
+            }),
+        })
+        .collect()
 }

@@ -218,15 +218,21 @@ fn replay_refuses_a_corrupt_record_and_skips_other_kinds() {
     let report = env
         .svc
         .replay(vec![
-            rec(1, nvlog::kind::REPLY, b"xx"),
+            rec(1, 99, b"?"),
             rec(2, nvlog::kind::OP, &op),
-            rec(3, 99, b"?"),
+            // A refusal recorded for a record that is no op: nothing to answer.
+            rec(3, nvlog::kind::REPLY, &nvlog::encode_reply(1, b"r")),
         ])
         .unwrap();
     assert_eq!(
         (report.ops_replayed, report.other_kinds, report.drc_entries),
         (1, 2, 0)
     );
+    let err = env
+        .svc
+        .replay(vec![rec(5, nvlog::kind::REPLY, b"xx")])
+        .unwrap_err();
+    assert!(err.to_string().contains("log record 5"), "{err}");
     assert!(env.fs.lookup(&env.fs.root(), b"m").is_ok());
     let err = env
         .svc
@@ -238,6 +244,60 @@ fn replay_refuses_a_corrupt_record_and_skips_other_kinds() {
         .replay(vec![rec(9, 99, b""), rec(8, 99, b"")])
         .unwrap_err();
     assert!(err.to_string().contains("out of order"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_for_space_is_logged_and_replay_answers_from_it() {
+    // A small file system (256 stripes of 4 × 4 KiB): writes fill it until NOSPC.
+    let env = Env::build(tempfile::tempdir().unwrap(), 256, 8 << 20, 5_000);
+    let r = root();
+    let dir = env.root_fh().await;
+    let f = env.create_file(&r, &dir, "big", 0o644).await;
+    let chunk = vec![7u8; 256 << 10];
+    let first_xid = 20_000;
+    let offset = |xid: u32| u64::from(xid - first_xid) * chunk.len() as u64;
+    let mut xid = first_xid;
+    let refused = loop {
+        assert!(xid < first_xid + 100, "the file system never filled");
+        let reply = env.write_args(&r, xid, &f, offset(xid), &chunk).await;
+        match stat(&decode_result::<WriteRes>(&reply, xid)) {
+            NfsStat3::Ok => xid += 1,
+            NfsStat3::Nospc => break reply,
+            s => panic!("{s:?}"),
+        }
+    };
+    let size = ok(env.getattr(&r, &f).await).obj_attributes.size;
+    assert_eq!(size, offset(xid), "the refused write changed nothing");
+
+    // The refusal is logged after its op, with the reply the client got.
+    let records = env.log.replay_own(0).unwrap().records;
+    let logged: Vec<(u64, Vec<u8>)> = records
+        .iter()
+        .filter(|rec| rec.kind == nvlog::kind::REPLY)
+        .map(|rec| {
+            let (seq, reply) = nvlog::decode_reply(&rec.payload).unwrap();
+            (seq, reply.to_vec())
+        })
+        .collect();
+    assert_eq!(logged.len(), 1, "one refusal, one REPLY record");
+    let (op_seq, reply) = &logged[0];
+    assert!(records
+        .iter()
+        .any(|rec| rec.seq == *op_seq && rec.kind == nvlog::kind::OP));
+    assert_eq!(*reply, refused);
+
+    // Replay answers the op from the record, whatever the free space is now.
+    let (env, report) = env.restart();
+    assert_eq!(report.ops_refused, 1);
+    let seq = env.fs.applied_seq();
+    assert!(seq >= *op_seq);
+    assert_eq!(
+        env.write_args(&r, xid, &f, offset(xid), &chunk).await,
+        refused,
+        "the retransmission gets the original refusal"
+    );
+    assert_eq!(env.fs.applied_seq(), seq, "and is not run again");
+    assert_eq!(ok(env.getattr(&r, &f).await).obj_attributes.size, size);
 }
 
 #[tokio::test]
