@@ -49,6 +49,8 @@ const CREATE_DATA_DISKS_MAX: usize = 28;
 const CREATE_DISK_MIB_MIN: u64 = 16;
 /// Spares of a created aggregate, at most.
 const CREATE_SPARES_MAX: usize = 8;
+/// A block cache larger than this (1 TiB) is a typo.
+const DATA_CACHE_MIB_MAX: u64 = 1 << 20;
 
 /// Why a configuration cannot be used. Every message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +135,9 @@ pub struct AggregateConfig {
     /// Create the aggregate on first start when the directory holds no disk yet.
     #[serde(default)]
     pub create: Option<CreateSection>,
+    /// Cache of the file system's data and metadata blocks, MiB (0: no cache).
+    #[serde(default = "data_cache_mib_default")]
+    pub data_cache_mib: u64,
 }
 
 /// How to create an aggregate on first start (sparse disk files in `disks_dir`).
@@ -440,6 +445,9 @@ fn stop_grace_ms_default() -> u64 {
 fn cp_interval_ms_default() -> u64 {
     CP_INTERVAL_MS_DEFAULT
 }
+fn data_cache_mib_default() -> u64 {
+    wafl::CACHE_BYTES_MAX_DEFAULT >> 20
+}
 fn busy_poll_us_default() -> u64 {
     nvlog::BUSY_POLL_US_DEFAULT
 }
@@ -583,6 +591,12 @@ impl NodeConfig {
         if half == 0 || !half.is_multiple_of(NVRAM_HALF_MIB_ALIGN) {
             return Err(bad(format!(
                 "`nvram.half_mib` = {half} must be a positive multiple of {NVRAM_HALF_MIB_ALIGN}"
+            )));
+        }
+        if self.aggregate.data_cache_mib > DATA_CACHE_MIB_MAX {
+            return Err(bad(format!(
+                "`aggregate.data_cache_mib` = {} is over {DATA_CACHE_MIB_MAX}",
+                self.aggregate.data_cache_mib
             )));
         }
         if let Some(c) = &self.aggregate.create {

@@ -139,6 +139,7 @@ impl Identity {
             takeover_log_path: ctx.takeover_log_path.clone(),
             fs_config: FsConfig {
                 cp_interval_ms: ctx.cp_interval_ms,
+                data_cache_bytes_max: config.aggregate.data_cache_mib << 20,
                 ..FsConfig::default()
             },
             cp_interval_ms: ctx.cp_interval_ms,

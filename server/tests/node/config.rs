@@ -23,6 +23,7 @@ fn the_example_parses_with_the_documented_defaults() {
         (111, 20048, 2049)
     );
     assert_eq!(c.nvram.half_mib, 64);
+    assert_eq!(c.aggregate.data_cache_mib, 1024);
     assert_eq!(c.exports.len(), 1);
     assert_eq!(c.exports[0].path, "/");
     assert_eq!(c.pair_key_path(), c.state_dir.join("pair.key"));
@@ -40,11 +41,13 @@ fn the_example_with_its_mirror_section_uncommented_parses() {
         .replace("# [mirror]", "[mirror]")
         .replace("# listen = ", "listen = ")
         .replace("# partner = ", "partner = ")
-        .replace("# degraded_after_ms = ", "degraded_after_ms = ");
+        .replace("# degraded_after_ms = ", "degraded_after_ms = ")
+        .replace("# busy_poll_us = ", "busy_poll_us = ");
     let c = NodeConfig::parse(&text, Path::new("mirror.toml")).expect("mirrored example");
     let m = c.mirror.expect("mirror section");
     assert_eq!(m.listen, Some("127.0.0.1:7401".parse().unwrap()));
     assert_eq!(m.partner, Some("127.0.0.1:7402".parse().unwrap()));
+    assert_eq!(m.busy_poll_us, nvlog::BUSY_POLL_US_DEFAULT);
 }
 
 fn parse_err(text: &str) -> String {
@@ -99,6 +102,12 @@ fn mistakes_are_errors_naming_the_file_and_the_key() {
     assert!(msg.contains("inflight_total_max"), "{msg}");
     let msg = parse_err(&base.replace("data_disks = 3", "data_disks = 1"));
     assert!(msg.contains("data_disks"), "{msg}");
+    let msg = parse_err(&base.replace(
+        "[aggregate]",
+        "[aggregate]
+data_cache_mib = 2000000",
+    ));
+    assert!(msg.contains("data_cache_mib"), "{msg}");
     let msg = parse_err(&base.replace("127.0.0.1(rw", "127.0.0.300(rw"));
     assert!(msg.contains("127.0.0.300"), "{msg}");
     let no_exports = base.split("[[export]]").next().unwrap().to_string();
