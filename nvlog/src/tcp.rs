@@ -6,7 +6,8 @@
 //! row (the partner's receiver, our ack reader, the appender); on a virtual machine each
 //! costs tens of microseconds, more than the whole round trip's work. A reader that is
 //! already polling when the frame lands skips its wake-up. The poll yields the CPU between
-//! attempts, so runnable threads on the same core go first.
+//! attempts, so runnable threads on the same core go first. Polls that keep running out of
+//! budget (a partner farther away than the budget) stop until a wait is short again.
 
 use crate::proto::{self, Frame, MirrorKey, MAC_BYTES, PREFIX_BYTES};
 use crate::transport::{Acceptor, Connection, Connector, FrameSink, FrameSource, TransportError};
@@ -27,6 +28,9 @@ pub const CONNECT_TIMEOUT_MS: u64 = 200;
 pub const WRITE_TIMEOUT_MS: u64 = 300;
 /// A connection counts as busy (its reads poll before sleeping) this long after a frame.
 const BUSY_AFTER_INPUT_US: u64 = 2000;
+/// After this many polls in a row found nothing, reads sleep at once until one of them
+/// waits less than the poll budget.
+const EMPTY_POLLS_MAX: u32 = 3;
 /// Vectored writes are cut to this many slices (well under IOV_MAX = 1024).
 const IOVECS_MAX: usize = 768;
 /// Receive buffer allocation; grows to hold one maximal frame.
@@ -173,8 +177,7 @@ fn split(
         buf: BytesMut::with_capacity(RECV_BUFFER_BYTES),
         peer,
         auth_failures,
-        busy_poll: Duration::from_micros(busy_poll_us),
-        last_input: None,
+        polling: PollGovernor::new(Duration::from_micros(busy_poll_us)),
     };
     Ok((Box::new(sink), Box::new(source)))
 }
@@ -229,18 +232,75 @@ struct TcpSource {
     buf: BytesMut,
     peer: String,
     auth_failures: AuthFailures,
-    /// Poll budget of a read on a busy connection (zero: always sleep in `recv`).
-    busy_poll: Duration,
+    /// Whether reads poll before they sleep.
+    polling: PollGovernor,
+}
+
+/// Decides whether a read polls before it sleeps (sans-IO: the caller reports what
+/// happened and when).
+#[derive(Debug)]
+struct PollGovernor {
+    /// Poll budget of one read (zero: never poll).
+    budget: Duration,
     /// When bytes last arrived.
     last_input: Option<Instant>,
+    /// Polls in a row that ran out of budget.
+    empty_polls: u32,
+}
+
+impl PollGovernor {
+    fn new(budget: Duration) -> PollGovernor {
+        PollGovernor {
+            budget,
+            last_input: None,
+            empty_polls: 0,
+        }
+    }
+
+    /// Whether a read at `now` should poll: polling is on, bytes arrived lately, and recent
+    /// polls did not keep coming back empty.
+    fn should_poll(&self, now: Instant) -> bool {
+        !self.budget.is_zero()
+            && self.empty_polls < EMPTY_POLLS_MAX
+            && self.last_input.is_some_and(|t| {
+                now.saturating_duration_since(t) < Duration::from_micros(BUSY_AFTER_INPUT_US)
+            })
+    }
+
+    /// A poll found bytes (`true`) or ran out of budget.
+    fn on_poll(&mut self, found: bool) {
+        self.empty_polls = if found { 0 } else { self.empty_polls + 1 };
+    }
+
+    /// A sleeping read returned after `waited`: a wait within the budget means a poll
+    /// would have caught the bytes, so polls resume.
+    fn on_wait(&mut self, waited: Duration) {
+        if waited < self.budget {
+            self.empty_polls = 0;
+        }
+    }
+
+    /// Bytes arrived at `now`.
+    fn on_input(&mut self, now: Instant) {
+        self.last_input = Some(now);
+    }
 }
 
 impl TcpSource {
-    fn busy(&self) -> bool {
-        !self.busy_poll.is_zero()
-            && self
-                .last_input
-                .is_some_and(|t| t.elapsed() < Duration::from_micros(BUSY_AFTER_INPUT_US))
+    /// One read: a poll first when it should pay off, else (or when it found nothing) a
+    /// `recv` that sleeps up to the poll interval.
+    fn read(&mut self) -> std::io::Result<usize> {
+        if self.polling.should_poll(Instant::now()) {
+            let polled = poll_into_spare(&self.stream, &mut self.buf, self.polling.budget)?;
+            self.polling.on_poll(polled.is_some());
+            if let Some(n) = polled {
+                return Ok(n);
+            }
+        }
+        let started = Instant::now();
+        let n = read_into_spare(&self.stream, &mut self.buf, 0)?;
+        self.polling.on_wait(started.elapsed());
+        Ok(n)
     }
 
     /// A complete frame at the front of the buffer, if any.
@@ -298,20 +358,10 @@ impl FrameSource for TcpSource {
             // fresh one (the bytes still referenced stay valid where they are).
             self.buf.reserve(RECV_BUFFER_BYTES);
         }
-        let polled = if self.busy() {
-            poll_into_spare(&self.stream, &mut self.buf, self.busy_poll)
-        } else {
-            Ok(None)
-        };
-        let read = match polled {
-            Ok(None) => read_into_spare(&self.stream, &mut self.buf, 0),
-            Ok(Some(n)) => Ok(n),
-            Err(e) => Err(e),
-        };
-        match read {
+        match self.read() {
             Ok(0) => Err(TransportError::Closed),
             Ok(_) => {
-                self.last_input = Some(Instant::now());
+                self.polling.on_input(Instant::now());
                 self.parse()
             }
             Err(e)
@@ -492,5 +542,34 @@ mod tests {
         assert!(!source.has_buffered());
         assert_eq!(auth.get(), 0);
         drop(sender.join().expect("sender thread"));
+    }
+
+    /// Polls run while input is recent, stop after a few empty ones in a row (a partner
+    /// farther away than the budget), and resume after a wait within the budget.
+    #[test]
+    fn the_poll_governor_polls_while_it_pays_off() {
+        let budget = Duration::from_micros(100);
+        let busy = Duration::from_micros(BUSY_AFTER_INPUT_US);
+        let t0 = Instant::now();
+        let mut g = PollGovernor::new(budget);
+        assert!(!g.should_poll(t0), "no input yet");
+        g.on_input(t0);
+        assert!(g.should_poll(t0 + busy / 2));
+        assert!(!g.should_poll(t0 + busy), "input too long ago");
+        for _ in 1..EMPTY_POLLS_MAX {
+            g.on_poll(false);
+            assert!(g.should_poll(t0));
+        }
+        g.on_poll(true);
+        for _ in 0..EMPTY_POLLS_MAX {
+            assert!(g.should_poll(t0));
+            g.on_poll(false);
+        }
+        assert!(!g.should_poll(t0), "empty polls in a row stop polling");
+        g.on_wait(budget * 3);
+        assert!(!g.should_poll(t0), "a long wait keeps it stopped");
+        g.on_wait(budget / 2);
+        assert!(g.should_poll(t0), "a short wait resumes it");
+        assert!(!PollGovernor::new(Duration::ZERO).should_poll(t0), "off");
     }
 }
