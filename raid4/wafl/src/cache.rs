@@ -23,11 +23,13 @@
 //! the hand clears bits until it finds an unreferenced entry, which is replaced; each
 //! insertion clears at most one pass of bits, and in amortised terms O(1). Shards (by block
 //! address) each have their own lock, so concurrent READs rarely wait on each other; a lock
-//! is held only for a map lookup and an `Arc` clone, never during IO.
+//! is held only for a map lookup and a `Bytes` clone (a reference count), never during IO.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
 
 use crate::codec::BlockPtr;
 use crate::store::BLOCK_SIZE;
@@ -97,7 +99,7 @@ struct Entry {
     birth: u64,
     csum: u32,
     referenced: bool,
-    data: Arc<Vec<u8>>,
+    data: Bytes,
 }
 
 /// One lock's worth of the cache.
@@ -151,7 +153,7 @@ impl BlockCache {
 
     /// The block `ptr` points to, if cached for exactly that pointer (address, birth and
     /// checksum).
-    pub fn get(&self, ptr: &BlockPtr) -> Option<Arc<Vec<u8>>> {
+    pub fn get(&self, ptr: &BlockPtr) -> Option<Bytes> {
         if !self.enabled() {
             return None;
         }
@@ -172,7 +174,7 @@ impl BlockCache {
     }
 
     /// Keeps `data`, the verified content of the block at `ptr` (exactly one block).
-    pub fn insert(&self, ptr: &BlockPtr, data: Arc<Vec<u8>>) {
+    pub fn insert(&self, ptr: &BlockPtr, data: Bytes) {
         assert_eq!(data.len(), BLOCK_SIZE, "the cache holds whole blocks");
         if !self.enabled() {
             return;
@@ -282,8 +284,8 @@ mod tests {
         }
     }
 
-    fn block(fill: u8) -> Arc<Vec<u8>> {
-        Arc::new(vec![fill; BLOCK_SIZE])
+    fn block(fill: u8) -> Bytes {
+        Bytes::from(vec![fill; BLOCK_SIZE])
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::alloc::Alloc;
 use crate::codec::{block_checksum, BlockPtr, Reader, Writer, PTR_BYTES};
 use crate::error::FsError;
@@ -367,7 +369,7 @@ fn write_slot(
                     }
                 }
             }
-            Arc::new(encode_node(&n, gen))
+            Bytes::from(encode_node(&n, gen))
         }
         None => return Err(FsError::Corrupt("dirty slot without content".into())),
     };

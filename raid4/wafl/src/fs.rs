@@ -46,15 +46,6 @@ impl ReadData {
     }
 }
 
-/// A block shared with the file system, as the owner of a `Bytes`.
-struct SharedBlock(Arc<Vec<u8>>);
-
-impl AsRef<[u8]> for SharedBlock {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 /// Builds a [`ReadData`] for bytes `offset..end` from blocks given in increasing order;
 /// the blocks in between that are not given are holes.
 struct Parts {
@@ -118,7 +109,7 @@ impl Parts {
 /// Where `Fs::read` finds one block.
 enum Src {
     /// Dirty in the tree, or in the data-block cache.
-    Mem(Arc<Vec<u8>>),
+    Mem(Bytes),
     /// On disk, to be read and verified.
     Disk(BlockPtr),
 }
@@ -612,7 +603,7 @@ impl Fs {
         while k < srcs.len() {
             let (bi, ptr) = match &srcs[k] {
                 (bi, Src::Mem(d)) => {
-                    out.block(*bi, Bytes::from_owner(SharedBlock(d.clone())));
+                    out.block(*bi, d.clone());
                     k += 1;
                     continue;
                 }
@@ -632,7 +623,7 @@ impl Fs {
             for (n, p) in ptrs.iter().enumerate() {
                 let data = run.slice(n * BLOCK_SIZE..(n + 1) * BLOCK_SIZE);
                 if self.io.cache.enabled() {
-                    self.io.cache.insert(p, Arc::new(data.to_vec()));
+                    self.io.cache.insert(p, Bytes::copy_from_slice(&data));
                 }
                 out.block(bi + n as u64, data);
             }

@@ -10,6 +10,8 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use bytes::Bytes;
+
 use crate::cache::BlockCache;
 use crate::codec::{block_checksum, BlockPtr, DecodeError, Reader, Writer, PTR_BYTES};
 use crate::error::FsError;
@@ -133,7 +135,7 @@ pub enum Content {
     /// A tree node.
     Node(Arc<Node>),
     /// A 4 KiB file data block.
-    Data(Arc<Vec<u8>>),
+    Data(Bytes),
 }
 
 /// A place in the tree: a node or data block, in memory, on disk, or both.
@@ -164,7 +166,7 @@ impl Slot {
         assert_eq!(data.len(), BLOCK_SIZE);
         Arc::new(Slot {
             ptr: OnceLock::new(),
-            content: Mutex::new(Some(Content::Data(Arc::new(data)))),
+            content: Mutex::new(Some(Content::Data(Bytes::from(data)))),
         })
     }
     /// Where the block is on disk, once a CP wrote it.
@@ -234,7 +236,7 @@ impl Slot {
     /// The data block in this slot: its dirty content, else from the data-block cache, else
     /// read and verified from disk (and then cached; the slot itself keeps only dirty data,
     /// so the cache's bound is the bound of clean data in memory).
-    pub fn data(&self, io: &Io) -> Result<Arc<Vec<u8>>, FsError> {
+    pub fn data(&self, io: &Io) -> Result<Bytes, FsError> {
         let c = self.content.lock().unwrap_or_else(|e| e.into_inner());
         match &*c {
             Some(Content::Data(d)) => return Ok(d.clone()),
@@ -255,7 +257,7 @@ pub(crate) enum Written {
     /// A node: it stays in the slot, bounded by the node cache.
     Node,
     /// A data block, taken out of the slot, and where it now is on disk.
-    Data(BlockPtr, Arc<Vec<u8>>),
+    Data(BlockPtr, Bytes),
     /// Nothing in memory.
     Other,
 }
@@ -331,11 +333,11 @@ impl Io {
     }
 
     /// One data block by its pointer: from the cache, else read, verified and cached.
-    pub fn read_data(&self, ptr: &BlockPtr) -> Result<Arc<Vec<u8>>, FsError> {
+    pub fn read_data(&self, ptr: &BlockPtr) -> Result<Bytes, FsError> {
         if let Some(d) = self.cache.get(ptr) {
             return Ok(d);
         }
-        let d = Arc::new(self.read_verified(ptr, "data block")?);
+        let d = Bytes::from(self.read_verified(ptr, "data block")?);
         self.cache.insert(ptr, d.clone());
         Ok(d)
     }
