@@ -345,9 +345,6 @@ impl Fs {
         Handle::live(ROOT_INO, ROOT_GEN)
     }
 
-    /// Applies one modifying operation with log sequence number `seq`. Applying the same op
-    /// again changes nothing. Returns the attributes of the created or changed object.
-    ///
     /// Counts op `seq` as applied without running it: its outcome, a refusal, was logged
     /// when it happened, and replay answers from that record instead of running the op
     /// against what may be other free space. In `seq` order, like [`Fs::apply`].
@@ -356,6 +353,9 @@ impl Fs {
         l.applied_seq = l.applied_seq.max(seq);
     }
 
+    /// Applies one modifying operation with log sequence number `seq`. Applying the same op
+    /// again changes nothing. Returns the attributes of the created or changed object.
+    ///
     /// Ops must be applied in increasing `seq` order (the log's order): a CP records the
     /// highest `seq` applied at its freeze as `applied_seq`, and replay after a crash or
     /// takeover starts after it.
