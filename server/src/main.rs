@@ -36,6 +36,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    keep_freed_memory();
     let args = Args::parse();
     init_logging(args.log_json);
     match args.command {
@@ -61,5 +62,31 @@ fn init_logging(json: bool) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// Tunes glibc's allocator to keep freed memory for the next request instead of handing it
+/// back to the kernel.
+///
+/// Why: each 1 MiB NFS READ or WRITE takes and frees buffers of about a megabyte (the
+/// request record, the reply, the client's side in `bench`). By default glibc maps such
+/// blocks on their own or trims the heap after them, so the next request faults in fresh
+/// zeroed pages: page faults and page clearing showed up under `recv` in the node's
+/// profile. Measured in `bench nfs` (5 alternating rounds, medians): sequential write
+/// 1.19x, sequential read 1.30x. The cost is up to the trim threshold of idle heap.
+fn keep_freed_memory() {
+    /// Blocks below this come from the heap rather than a mapping of their own.
+    const MMAP_THRESHOLD_BYTES: libc::c_int = 32 << 20;
+    /// Free memory at the top of the heap goes back to the kernel only past this.
+    const TRIM_THRESHOLD_BYTES: libc::c_int = 256 << 20;
+    // SAFETY: mallopt changes allocator parameters only; it runs first in main, before any
+    // other thread exists.
+    let tuned = unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
+    };
+    if !tuned {
+        // Only speed depends on it; logging is not set up yet.
+        eprintln!("twinfiler: the allocator refused its tuning (mallopt); going on untuned");
     }
 }
