@@ -569,10 +569,16 @@ impl NodeConsole {
     }
 
     /// The partner's card: what its console reported (fresh), else "unknown / not connected".
+    ///
+    /// In a pair whose machine hears no heartbeat, the card comes from the machine even when
+    /// the partner's console answers: a restarted partner's console says "waiting for
+    /// giveback" a moment before its first heartbeat arrives, and a giveback asked in that
+    /// moment is refused ("interconnect down"). The card shows what this node can act on.
     fn partner_status(&self) -> Option<NodeStatus> {
         let console = self.view.config.console.as_ref();
         let polled = console.and_then(|c| c.partner_url.clone());
-        {
+        let snap = self.view.ha.as_ref().map(|ha| (ha, ha.snapshot()));
+        if snap.as_ref().is_none_or(|(_, s)| s.interconnect_alive) {
             let inner = self.lock();
             if let Some((at, status)) = &inner.partner {
                 if at.elapsed() < Duration::from_millis(PARTNER_STALE_MS) {
@@ -580,8 +586,8 @@ impl NodeConsole {
                 }
             }
         }
-        if let Some(ha) = &self.view.ha {
-            return Some(heartbeat_card(ha, &ha.snapshot()));
+        if let Some((ha, snap)) = &snap {
+            return Some(heartbeat_card(ha, snap));
         }
         let why = match (&polled, self.lock().partner_error.clone()) {
             (Some(url), Some(e)) => format!("its console {url}: {e}"),
