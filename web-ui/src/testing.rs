@@ -393,6 +393,22 @@ impl FakeBackend {
     }
 }
 
+/// Serves the console over a fresh fake pair on 127.0.0.1 (any port): its base URL and the
+/// fake.
+pub async fn serve_fake(
+    step_interval: Duration,
+    config: crate::ConsoleConfig,
+) -> (String, Arc<FakeBackend>) {
+    let fake = FakeBackend::new(step_interval);
+    let app = crate::router(Arc::new(FakeHandle(Arc::clone(&fake))), config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let url = format!("http://{}", listener.local_addr().expect("bound address"));
+    tokio::spawn(crate::serve(listener, app));
+    (url, fake)
+}
+
 /// Wrapper so `Arc<FakeBackend>` methods that need `self: &Arc<Self>` can be called from the
 /// trait (which only has `&self`).
 pub struct FakeHandle(pub Arc<FakeBackend>);

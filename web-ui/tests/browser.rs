@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use web_ui::testing::browser::{self, Browser, Walkthrough};
-use web_ui::testing::{FakeBackend, FakeHandle, TAKEOVER_STEPS};
+use web_ui::testing::{serve_fake, FakeHandle, TAKEOVER_STEPS};
 use web_ui::{ConsoleBackend, ConsoleConfig};
 
 const PASSWORD: &str = "browser-test-pass";
@@ -37,15 +37,11 @@ async fn operator_takes_over_and_gives_back_in_chromium() {
         return;
     }
     let started = Instant::now();
-    let fake = FakeBackend::new(STEP_INTERVAL);
     let config = ConsoleConfig {
         admin_password_argon2: web_ui::hash_password(PASSWORD).unwrap(),
         ..ConsoleConfig::default()
     };
-    let app = web_ui::router(Arc::new(FakeHandle(Arc::clone(&fake))), config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(web_ui::serve(listener, app));
+    let (base, fake) = serve_fake(STEP_INTERVAL, config).await;
 
     let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-fake");
     std::fs::create_dir_all(&artifacts).unwrap();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use web_ui::client::{ApiClient, ClientError};
-use web_ui::testing::{FakeBackend, FakeHandle, GIVEBACK_STEPS, TAKEOVER_STEPS};
+use web_ui::testing::{serve_fake, FakeBackend, GIVEBACK_STEPS, TAKEOVER_STEPS};
 use web_ui::{ApiToken, ConsoleConfig, NodeState, Outcome, StepState, TakeoverMode};
 
 const TOKEN: &str = "client-test-token-0123456789";
@@ -17,7 +17,6 @@ const FOLLOW_MAX: Duration = Duration::from_secs(20);
 
 /// A console on 127.0.0.1 (any port) over a fresh fake pair; returns its URL and the fake.
 async fn serve() -> (String, Arc<FakeBackend>) {
-    let fake = FakeBackend::new(STEP_INTERVAL);
     let config = ConsoleConfig {
         api_tokens: vec![ApiToken {
             name: "cli".into(),
@@ -25,11 +24,7 @@ async fn serve() -> (String, Arc<FakeBackend>) {
         }],
         ..ConsoleConfig::default()
     };
-    let app = web_ui::router(Arc::new(FakeHandle(Arc::clone(&fake))), config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(web_ui::serve(listener, app));
-    (url, fake)
+    serve_fake(STEP_INTERVAL, config).await
 }
 
 #[tokio::test]

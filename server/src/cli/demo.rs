@@ -14,9 +14,8 @@
 //!
 //! Not yet: takeover and giveback (the HA driver is not built; the console refuses them).
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -63,8 +62,6 @@ const STANDARD_PORTS: Ports = Ports {
 };
 /// Bytes of the generated admin password (hex-encoded).
 const PASSWORD_BYTES: usize = 12;
-/// Bytes of the pair key.
-const PAIR_KEY_BYTES: usize = 32;
 
 /// The RPC ports of both nodes.
 #[derive(Clone, Copy, Debug)]
@@ -219,29 +216,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
 /// Creates the pair key (mode 0600) unless it exists.
 fn ensure_pair_key(path: &Path) -> anyhow::Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
-    let mut key = vec![0u8; PAIR_KEY_BYTES];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-    write_secret(path, &key)
+    Ok(twinfiler::lab::ensure_pair_key_file(path)?)
 }
 
-/// Writes `path` with mode 0600 (replacing it).
+/// Writes `path` with mode 0600 (replacing it), synced.
 fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("write {}", path.display()))?;
-    // The open mode is filtered by the umask and ignored for an existing file.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 600 {}", path.display()))
+    Ok(twinfiler::lab::write_secret(path, bytes)?)
 }
 
 /// Reads `DIR/credentials`, or makes new credentials and writes it.

@@ -247,7 +247,7 @@ impl NodeSpec {
     }
 }
 
-/// Writes `path` with mode 0600 (replacing it).
+/// Writes `path` with mode 0600 (replacing it), synced.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -257,9 +257,21 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
         .open(path)
         .map_err(io_err(format!("create {}", path.display())))?;
     f.write_all(bytes)
+        .and_then(|_| f.sync_all())
         .map_err(io_err(format!("write {}", path.display())))?;
+    // The open mode is filtered by the umask and ignored for an existing file.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_err(format!("chmod {}", path.display())))
+        .map_err(io_err(format!("chmod 600 {}", path.display())))
+}
+
+/// Creates a random pair key at `path` (mode 0600) unless one is there.
+pub fn ensure_pair_key_file(path: &Path) -> Result<(), LabError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut key = vec![0u8; PAIR_KEY_BYTES];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    write_secret(path, &key)
 }
 
 /// Where the pair lives and how it is addressed.
@@ -383,13 +395,7 @@ impl PairSpec {
     /// Writes the pair key, the API token file and both node configs (a.toml, b.toml) under
     /// `dir`.
     pub fn write(dir: &Path, addrs: &PairAddrs, o: &PairOptions) -> Result<PairSpec, LabError> {
-        std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-        let key_file = dir.join("pair.key");
-        if !key_file.exists() {
-            let mut key = vec![0u8; PAIR_KEY_BYTES];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-            write_secret(&key_file, &key)?;
-        }
+        let key_file = ensure_pair_key(dir)?;
         let token = web_ui::generate_token();
         let token_file = dir.join("api.token");
         write_secret(&token_file, token.as_bytes())?;
@@ -451,16 +457,18 @@ impl PairSpec {
     }
 }
 
+/// Creates `dir` and a random pair key in it unless one is there; returns the key's path.
+fn ensure_pair_key(dir: &Path) -> Result<PathBuf, LabError> {
+    std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+    let key_file = dir.join("pair.key");
+    ensure_pair_key_file(&key_file)?;
+    Ok(key_file)
+}
+
 /// A standalone node (no mirror, no console, no cluster) on `ip` with fixed free ports, for
 /// restart tests.
 pub fn single_node(dir: &Path, ip: IpAddr, disk_mib: u64) -> Result<NodeSpec, LabError> {
-    std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-    let key_file = dir.join("pair.key");
-    if !key_file.exists() {
-        let mut key = vec![0u8; PAIR_KEY_BYTES];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-        write_secret(&key_file, &key)?;
-    }
+    let key_file = ensure_pair_key(dir)?;
     let spec = NodeSpec {
         name: "s".into(),
         dir: dir.join("s"),

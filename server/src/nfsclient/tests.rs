@@ -27,6 +27,12 @@ async fn read_call(s: &mut TcpStream, dec: &mut RecordDecoder) -> Option<Vec<u8>
     None
 }
 
+/// Reads one call from `s` and decodes its header.
+async fn next_call(s: &mut TcpStream, dec: &mut RecordDecoder) -> CallHeader {
+    let record = read_call(s, dec).await.expect("a call record");
+    decode_call(&record).expect("a well-formed call").0
+}
+
 fn attrs_for(fileid: u64) -> Fattr3 {
     let t = NfsTime3 {
         seconds: 0,
@@ -251,15 +257,15 @@ async fn hard_client_retransmits_on_a_silent_connection_and_retries_jukebox() {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut dec = RecordDecoder::default();
         // Ignore the first transmission; the retransmission (same xid) gets JUKEBOX.
-        let (a, _) = decode_call(&read_call(&mut s, &mut dec).await.unwrap()).unwrap();
-        let (b, _) = decode_call(&read_call(&mut s, &mut dec).await.unwrap()).unwrap();
+        let a = next_call(&mut s, &mut dec).await;
+        let b = next_call(&mut s, &mut dec).await;
         assert_eq!(a.xid, b.xid);
         let jukebox: GetattrRes = NfsRes::Err(NfsStat3::Jukebox, ());
         s.write_all(&frame(&success_reply(b.xid, &jukebox)))
             .await
             .unwrap();
         // After JUKEBOX: a new xid.
-        let (c, _) = decode_call(&read_call(&mut s, &mut dec).await.unwrap()).unwrap();
+        let c = next_call(&mut s, &mut dec).await;
         assert_ne!(c.xid, b.xid);
         s.write_all(&getattr_reply(c.xid)).await.unwrap();
     });
@@ -279,7 +285,7 @@ async fn hard_client_counts_an_error_status_and_gives_up_after_its_bound() {
     let server = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut dec = RecordDecoder::default();
-        let (a, _) = decode_call(&read_call(&mut s, &mut dec).await.unwrap()).unwrap();
+        let a = next_call(&mut s, &mut dec).await;
         let stale: GetattrRes = NfsRes::Err(NfsStat3::Stale, ());
         s.write_all(&frame(&success_reply(a.xid, &stale)))
             .await

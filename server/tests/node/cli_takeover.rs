@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use web_ui::testing::{FakeBackend, FakeHandle, TAKEOVER_STEPS};
+use web_ui::testing::{serve_fake, FakeBackend, TAKEOVER_STEPS};
 use web_ui::{ApiToken, ConsoleConfig};
 
 const TOKEN: &str = "cli-takeover-test-token-0123456789";
@@ -18,7 +18,6 @@ const CLI_MS_MAX: u64 = 30_000;
 
 /// A console over a fresh fake pair on 127.0.0.1 (any port); its URL and the fake.
 async fn fake_console() -> (String, Arc<FakeBackend>) {
-    let fake = FakeBackend::new(STEP_INTERVAL);
     let config = ConsoleConfig {
         api_tokens: vec![ApiToken {
             name: "cli".into(),
@@ -26,11 +25,7 @@ async fn fake_console() -> (String, Arc<FakeBackend>) {
         }],
         ..ConsoleConfig::default()
     };
-    let app = web_ui::router(Arc::new(FakeHandle(Arc::clone(&fake))), config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(web_ui::serve(listener, app));
-    (url, fake)
+    serve_fake(STEP_INTERVAL, config).await
 }
 
 /// Run the CLI with `--url` and `token` (none: the variable is cleared) off the runtime.

@@ -141,6 +141,16 @@ impl Pair {
         }
     }
 
+    /// Starts the victim a again, sees it wait for giveback, and gives back to it.
+    async fn restart_a_then_give_back(&mut self, w: &Writer) {
+        self.spawn(0);
+        self.console(0)
+            .wait_state("a", "waiting-for-giveback", NODE_START_MS_MAX)
+            .await
+            .expect("restarted victim waits for giveback");
+        self.giveback_to_a(w).await;
+    }
+
     async fn giveback_to_a(&self, w: &Writer) {
         // b must know that a waits (a restarted victim announces itself over the
         // interconnect once it is back).
@@ -257,16 +267,11 @@ fn hung_victim_is_taken_over_when_the_countdown_expires() {
         );
         // The fenced victim is killed and comes back: it must wait for giveback.
         pair.procs[0].take();
-        pair.spawn(0);
         pair.console(1)
             .wait_state("b", "in-takeover", STATE_MS_MAX)
             .await
             .expect("b in takeover");
-        pair.console(0)
-            .wait_state("a", "waiting-for-giveback", NODE_START_MS_MAX)
-            .await
-            .expect("restarted victim waits for giveback");
-        pair.giveback_to_a(w).await;
+        pair.restart_a_then_give_back(w).await;
     });
 }
 
@@ -281,12 +286,7 @@ fn killed_node_is_taken_over_within_the_detection_bound() {
             .expect("hard takeover by b");
         w.progress("kill -9 of a").await;
         w.pause_since("hard takeover (kill -9, detection included)", t0);
-        pair.spawn(0);
-        pair.console(0)
-            .wait_state("a", "waiting-for-giveback", NODE_START_MS_MAX)
-            .await
-            .expect("restarted victim waits for giveback");
-        pair.giveback_to_a(w).await;
+        pair.restart_a_then_give_back(w).await;
     });
 }
 
