@@ -590,7 +590,7 @@ impl Group {
             engine,
             state: Mutex::new(state),
             label_lock: futures::lock::Mutex::new(()),
-            write_gate: Mutex::new(None),
+            write_gate: Mutex::new(Vec::new()),
             stripes: Default::default(),
             // Write stamps only need to differ between successive writes of one stripe; a
             // random start per assembly keeps them from repeating across restarts.

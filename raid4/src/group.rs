@@ -108,8 +108,8 @@ pub struct Group {
     pub(crate) engine: Engine,
     pub(crate) state: Mutex<State>,
     pub(crate) label_lock: futures::lock::Mutex<()>,
-    /// While set and false, nothing is written (see [`Group::set_write_gate`]).
-    pub(crate) write_gate: Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>,
+    /// While any is false, nothing is written (see [`Group::set_write_gate`]).
+    pub(crate) write_gate: Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>,
     pub(crate) stripes: StripeLocks,
     pub(crate) stamp: AtomicU64,
     pub(crate) counters: GroupCounters,
@@ -177,19 +177,20 @@ impl From<Raid4Error> for ReadFailure {
 }
 
 impl Group {
-    /// Makes every later write depend on `held` (the reservation monitor's flag): while it
-    /// is false, stripe and label writes fail with [`Raid4Error::Fenced`] and touch no disk.
-    /// A node that lost its disks to the partner must not write them.
-    pub fn set_write_gate(&self, held: Arc<std::sync::atomic::AtomicBool>) {
-        *self.write_gate.lock().expect("gate") = Some(held);
+    /// Makes every later write depend on `flags` (e.g. the reservation monitor's "held" and
+    /// the node's "not releasing"): while any is false, stripe and label writes fail with
+    /// [`Raid4Error::Fenced`] and touch no disk. A node that lost its disks to the partner, or
+    /// is handing them over, must not write them.
+    pub fn set_write_gate(&self, flags: Vec<Arc<std::sync::atomic::AtomicBool>>) {
+        *self.write_gate.lock().expect("gate") = flags;
     }
 
-    fn check_write_gate(&self) -> Result<(), Raid4Error> {
-        match &*self.write_gate.lock().expect("gate") {
-            Some(held) if !held.load(Ordering::Acquire) => {
-                Err(Raid4Error::Fenced { uuid: self.uuid })
-            }
-            _ => Ok(()),
+    pub(crate) fn check_write_gate(&self) -> Result<(), Raid4Error> {
+        let flags = self.write_gate.lock().expect("gate");
+        if flags.iter().all(|f| f.load(Ordering::Acquire)) {
+            Ok(())
+        } else {
+            Err(Raid4Error::Fenced { uuid: self.uuid })
         }
     }
 

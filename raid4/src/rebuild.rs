@@ -249,6 +249,7 @@ impl Group {
             );
         }
         drop(reads);
+        self.check_write_gate()?;
         let done = self
             .engine
             .write(

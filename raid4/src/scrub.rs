@@ -268,6 +268,7 @@ impl Group {
                 &crcs,
             );
             let disk = view.write[p].clone().expect("readable implies writable");
+            self.check_write_gate()?;
             let done = self
                 .engine
                 .write(

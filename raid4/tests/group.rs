@@ -512,7 +512,7 @@ fn a_closed_write_gate_fences_every_write() {
     let (g, _disks, _) = new_group(dir.path(), 3, 0, 8, 8);
     let old = fill(&g, 7);
     let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    g.set_write_gate(held.clone());
+    g.set_write_gate(vec![held.clone()]);
     let new = pattern(old.len(), 8);
     match block_on(g.write_stripes(0, &new)) {
         Err(Raid4Error::Fenced { uuid }) => assert_eq!(uuid, g.uuid()),

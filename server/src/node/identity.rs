@@ -266,10 +266,9 @@ impl Identity {
         let storage = self.storage.as_ref().expect("just set");
         if let Some(hold) = &self.hold {
             // Writes need both: the monitor still vouching, and no release begun.
-            let gate = Arc::new(AtomicBool::new(true));
-            let (held, released) = (hold.monitor.held_flag(), hold.gate.clone());
-            storage.group.set_write_gate(gate.clone());
-            spawn_gate_follower(gate, held, released);
+            storage
+                .group
+                .set_write_gate(vec![hold.monitor.held_flag(), hold.gate.clone()]);
         }
         Ok(())
     }
@@ -604,25 +603,6 @@ impl Drop for Identity {
         }
     }
 }
-
-/// Keeps `gate` = `held && released-gate`: the group's writes stop the moment the monitor
-/// stops vouching or a release begins. Polls at the monitor's pace; ends with the gate shut.
-fn spawn_gate_follower(gate: Arc<AtomicBool>, held: Arc<AtomicBool>, open: Arc<AtomicBool>) {
-    std::thread::Builder::new()
-        .name("write-gate".into())
-        .spawn(move || loop {
-            let ok = held.load(Ordering::Acquire) && open.load(Ordering::Acquire);
-            gate.store(ok, Ordering::Release);
-            if !ok {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(GATE_POLL_MS));
-        })
-        .expect("spawn the write-gate thread");
-}
-
-/// How often the write gate follows the hold (well inside the hold check interval).
-const GATE_POLL_MS: u64 = 20;
 
 /// Serialises the opening of the takeover log region: its preparation in the background
 /// and a takeover must not lay it out at the same time.
