@@ -49,6 +49,8 @@ const CREATE_DATA_DISKS_MAX: usize = 28;
 const CREATE_DISK_MIB_MIN: u64 = 16;
 /// Spares of a created aggregate, at most.
 const CREATE_SPARES_MAX: usize = 8;
+/// Longest IPv4 network prefix.
+const IPV4_PREFIX_LEN_MAX: u8 = 32;
 /// A block cache larger than this (1 TiB) is a typo.
 const DATA_CACHE_MIB_MAX: u64 = 1 << 20;
 
@@ -687,6 +689,27 @@ impl NodeConfig {
                     )));
                 }
             }
+        }
+        if let Some(len) = self.nfs.bind_prefix_len {
+            if len > IPV4_PREFIX_LEN_MAX {
+                return Err(bad(format!(
+                    "`nfs.bind_prefix_len` = {len} is over {IPV4_PREFIX_LEN_MAX}"
+                )));
+            }
+        }
+        if let Some(c) = &self.cluster {
+            if c.node_id > 1 {
+                return Err(bad(format!(
+                    "`cluster.node_id` = {} must be 0 or 1",
+                    c.node_id
+                )));
+            }
+            if c.links.is_empty() {
+                return Err(bad("`cluster.links` needs at least one link".into()));
+            }
+            c.takeover_config()
+                .validate()
+                .map_err(|e| bad(format!("[cluster] bounds: {e}")))?;
         }
         Ok(())
     }

@@ -117,6 +117,28 @@ data_cache_mib = 2000000",
     assert!(msg.contains("size_mib"), "{msg}");
     let msg = parse_err(&format!("{base}\n[mirror]\ndegraded_after_ms = 100\n"));
     assert!(msg.contains("listen") && msg.contains("partner"), "{msg}");
+    let msg = parse_err(&base.replace("[nfs]", "[nfs]\nbind_prefix_len = 40"));
+    assert!(msg.contains("bind_prefix_len"), "{msg}");
+}
+
+/// The `[cluster]` section is checked at load, naming the key.
+#[test]
+fn cluster_mistakes_are_errors_naming_the_key() {
+    let base = valid_text();
+    let cluster = |node_id: u8, links: &str, loss_ms: u64| {
+        let section = format!(
+            "[cluster]\nnode_id = {node_id}\npartner_config = \"b.toml\"\nlinks = [{links}]\nheartbeat_loss_ms = {loss_ms}\n"
+        );
+        base.replace("[[export]]", &format!("{section}\n[[export]]"))
+    };
+    let link = r#"{ local = "127.0.0.1:7400", peer = "127.0.0.2:7400" }"#;
+    NodeConfig::parse(&cluster(1, link, 1000), Path::new("ok.toml")).expect("a valid [cluster]");
+    let msg = parse_err(&cluster(2, link, 1000));
+    assert!(msg.contains("node_id"), "{msg}");
+    let msg = parse_err(&cluster(0, "", 1000));
+    assert!(msg.contains("cluster.links"), "{msg}");
+    let msg = parse_err(&cluster(0, link, 0));
+    assert!(msg.contains("[cluster] bounds"), "{msg}");
 }
 
 #[test]
