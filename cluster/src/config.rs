@@ -78,6 +78,14 @@ impl TakeoverConfig {
         2 * self.heartbeat_loss_ms
     }
 
+    /// The countdown a takeover asked with `countdown_ms` runs: within
+    /// [`Self::countdown_ms_min`] and `countdown_ms_max`.
+    pub fn clamp_countdown(&self, countdown_ms: u64) -> u64 {
+        countdown_ms
+            .max(self.countdown_ms_min())
+            .min(self.countdown_ms_max)
+    }
+
     /// Checks the relations between bounds; returns what to fix.
     pub fn validate(&self) -> Result<(), String> {
         if self.heartbeat_interval_ms == 0 {

@@ -558,8 +558,9 @@ impl Takeover {
                 immediate,
                 check_only,
             } => {
-                let countdown_ms =
-                    self.clamp_countdown(countdown_ms.unwrap_or(self.cfg.countdown_ms));
+                let countdown_ms = self
+                    .cfg
+                    .clamp_countdown(countdown_ms.unwrap_or(self.cfg.countdown_ms));
                 if of == self.me {
                     self.ask_partner(countdown_ms, immediate, check_only);
                 } else if of == self.partner {
@@ -889,7 +890,7 @@ impl Takeover {
                 let attempt = Attempt {
                     epoch: 0,
                     nonce,
-                    countdown_ms: self.clamp_countdown(u64::from(countdown_ms)),
+                    countdown_ms: self.cfg.clamp_countdown(u64::from(countdown_ms)),
                     immediate,
                     check_only: false,
                 };
@@ -1015,19 +1016,13 @@ impl Takeover {
     /// A countdown within bounds. Below two detection bounds an expiry could not tell a
     /// hung victim (take it over by force) from a cut interconnect (do nothing): the mailbox
     /// needs `heartbeat_loss_ms` of unchanged reads to call the victim silent.
-    fn clamp_countdown(&self, countdown_ms: u64) -> u64 {
-        countdown_ms
-            .max(self.cfg.countdown_ms_min())
-            .min(self.cfg.countdown_ms_max)
-    }
-
     fn begin_draining(&mut self, epoch: u64, countdown_ms: u64) {
         self.persisted.epoch_seen_max = epoch;
         self.emit_persist();
         self.set_state(State::Draining {
             epoch,
             since: self.now,
-            countdown_ms: self.clamp_countdown(countdown_ms),
+            countdown_ms: self.cfg.clamp_countdown(countdown_ms),
             step: Step::Drain,
             completed: 0,
             kept: 0,

@@ -161,10 +161,9 @@ impl Operations {
             check_only: false,
         };
         // The countdown the machine will run (it applies the same limits).
-        let countdown_ms = countdown_ms
-            .unwrap_or(self.cfg.countdown_ms)
-            .max(self.cfg.countdown_ms_min())
-            .min(self.cfg.countdown_ms_max);
+        let countdown_ms = self
+            .cfg
+            .clamp_countdown(countdown_ms.unwrap_or(self.cfg.countdown_ms));
         let bound = OPERATION_MS_MAX + countdown_ms;
         self.start(
             OperationKind::Takeover,
