@@ -194,7 +194,7 @@ pub struct HaOperationEnded {
 /// One interconnect link's figures for one [`PollSample`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LinkSample {
-    /// Link name ("ic0").
+    /// Link name ("ic0"), or "interconnect" for figures the node keeps for all links.
     pub name: String,
     /// Heartbeats missed on this link (total).
     pub heartbeat_misses_total: u64,

@@ -124,7 +124,13 @@ struct Totals {
     bytes_written: u64,
     drc_hits: u64,
     cp_count: u64,
+    /// Interconnect round trips measured, and their sum in microseconds.
+    rtt_samples: u64,
+    rtt_sum_us: u64,
 }
+
+/// The `link` label of the interconnect metrics (the machine counts for all links together).
+const INTERCONNECT_LABEL: &str = "interconnect";
 
 fn now_unix_ms() -> u64 {
     SystemTime::now()
@@ -207,7 +213,10 @@ impl NodeConsole {
             }
             None => (0, None, None),
         };
+        let rtt = self.view.ha.as_ref().map(|ha| ha.snapshot().rtt);
         let now = Totals {
+            rtt_samples: rtt.as_ref().map_or(0, |r| r.samples),
+            rtt_sum_us: rtt.as_ref().map_or(0, |r| r.sum_us),
             ops_by_proc: stats.ops_by_proc,
             bytes_read: stats.bytes_read,
             bytes_written: stats.bytes_written,
@@ -264,18 +273,19 @@ impl NodeConsole {
             sample
                 .ha_states
                 .push((ha.names[1 - me].clone(), partner_state));
-            let rtt = snap.rtt.mean_us();
-            sample.links = (0..snap.links)
-                .map(|i| web_ui::metrics::LinkSample {
-                    name: format!("ic{i}"),
-                    heartbeat_misses_total: snap.heartbeat_misses,
-                    heartbeat_rtt_seconds: if rtt > 0 {
-                        vec![rtt as f64 / 1e6]
-                    } else {
-                        vec![]
-                    },
-                })
-                .collect();
+            // The machine counts misses and round trips for the pair, not per link: one
+            // sample, with the mean round trip of this interval (none if none was measured).
+            let samples = now.rtt_samples.saturating_sub(last.rtt_samples);
+            let sum_us = now.rtt_sum_us.saturating_sub(last.rtt_sum_us);
+            sample.links = vec![web_ui::metrics::LinkSample {
+                name: INTERCONNECT_LABEL.into(),
+                heartbeat_misses_total: snap.heartbeat_misses,
+                heartbeat_rtt_seconds: if samples > 0 {
+                    vec![sum_us as f64 / samples as f64 / 1e6]
+                } else {
+                    vec![]
+                },
+            }];
         }
         m.record_poll(&sample);
         let new_cps = now.cp_count.saturating_sub(last.cp_count);
