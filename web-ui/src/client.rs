@@ -24,6 +24,8 @@ const RECONNECT_PAUSE_MS: u64 = 500;
 const RECONNECTS_MAX: u32 = 20;
 /// Largest SSE event we accept, in bytes (a `Progress` is a few KiB).
 const SSE_EVENT_BYTES_MAX: usize = 1 << 20;
+/// Largest answer body read (a status of a pair is a few KiB).
+const BODY_BYTES_MAX: usize = 4 << 20;
 
 /// What went wrong talking to the console.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,26 @@ impl ClientError {
     }
 }
 
+/// The body of `response` as text, at most [`BODY_BYTES_MAX`] bytes (a longer one is a
+/// protocol error, not an allocation the peer chooses).
+async fn read_body(url: &str, mut response: reqwest::Response) -> Result<String, ClientError> {
+    let unreachable = |source| ClientError::Unreachable {
+        url: url.to_string(),
+        source,
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+        if body.len() + chunk.len() > BODY_BYTES_MAX {
+            return Err(ClientError::Protocol {
+                url: url.to_string(),
+                detail: format!("an answer over {BODY_BYTES_MAX} bytes"),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// The 202 answer to starting an operation.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Accepted {
@@ -160,13 +182,7 @@ impl ApiClient {
                 source,
             })?;
         let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.to_string(),
-                source,
-            })?;
+        let body = read_body(url, response).await?;
         if status.is_success() {
             return Ok(body);
         }
@@ -313,7 +329,7 @@ impl ApiClient {
             .map_err(unreachable)?;
         let status = response.status();
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
+            let body = read_body(url, response).await.unwrap_or_default();
             return Err(error_for(url, status, &body));
         }
         let mut stream = response.bytes_stream();

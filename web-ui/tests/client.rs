@@ -144,3 +144,29 @@ async fn errors_are_classified_for_exit_codes() {
     assert!(matches!(e, ClientError::Unreachable { .. }), "{e}");
     assert!(!e.is_usage());
 }
+
+/// An answer larger than the client's bound is refused as a protocol error, not read whole.
+#[tokio::test]
+async fn an_oversized_answer_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY_BYTES: usize = 8 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = s.read(&mut request).await;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {BODY_BYTES}\r\n\r\n"
+        );
+        let _ = s.write_all(head.as_bytes()).await;
+        let _ = s.write_all(&vec![b' '; BODY_BYTES]).await;
+    });
+    let c = ApiClient::new(&url, TOKEN).unwrap();
+    let err = c.status_text().await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Protocol { .. }),
+        "expected a protocol error, got {err}"
+    );
+    server.abort();
+}
