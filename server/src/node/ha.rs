@@ -46,8 +46,6 @@ const RESYNC_POLL_MS: u64 = 10;
 pub enum Input {
     /// An event for the machine.
     Event(Event),
-    /// The interconnect said something.
-    Interconnect(InterconnectEvent),
     /// An operator request (console, CLI).
     Operator(OperatorRequest),
 }
@@ -342,7 +340,6 @@ impl Loop {
                 Some(input) = self.input.recv() => match input {
                     Input::Event(e) => Some(e),
                     Input::Operator(r) => Some(Event::Operator(r)),
-                    Input::Interconnect(e) => self.on_interconnect(e),
                 },
                 Some(e) = self.ic_rx.recv() => self.on_interconnect(e),
             };
