@@ -400,12 +400,17 @@ impl Nvlog {
 
     /// Appends a record, waiting (counted) for a CP while both halves are full.
     pub async fn append(&self, kind: u16, payload: &[u8]) -> Result<u64, AppendError> {
+        self.append_parts(kind, &[payload]).await
+    }
+
+    /// [`Self::append`] of the concatenation of `parts` (see [`Self::submit_parts`]).
+    pub async fn append_parts(&self, kind: u16, parts: &[&[u8]]) -> Result<u64, AppendError> {
         let bound = Duration::from_millis(self.backpressure_wait_ms_max());
         let deadline = Instant::now() + bound;
         let mut counted = false;
         loop {
             // Fast path without registering for the space notification (a mutex in Notify).
-            match self.submit(kind, payload) {
+            match self.submit_parts(kind, parts) {
                 Err(AppendError::Full) => {}
                 Ok(durable) => return durable.await,
                 Err(e) => return Err(e),
@@ -414,7 +419,7 @@ impl Nvlog {
             tokio::pin!(notified);
             notified.as_mut().enable();
             // Retry once registered, so a release between the two calls is not missed.
-            match self.submit(kind, payload) {
+            match self.submit_parts(kind, parts) {
                 Ok(durable) => return durable.await,
                 Err(AppendError::Full) => {
                     if !counted {
@@ -440,10 +445,18 @@ impl Nvlog {
     /// durability nobody awaits (e.g. a reply record for the duplicate-request cache),
     /// drop the future.
     pub fn submit(&self, kind: u16, payload: &[u8]) -> Result<Durable, AppendError> {
-        if payload.len() > PAYLOAD_BYTES_MAX {
-            return Err(AppendError::TooLarge(payload.len()));
+        self.submit_parts(kind, &[payload])
+    }
+
+    /// [`Self::submit`] of one record whose payload is the concatenation of `parts`: they
+    /// are copied straight into the log, so a caller with data and a trailer (a WRITE) need
+    /// not join them first.
+    pub fn submit_parts(&self, kind: u16, parts: &[&[u8]]) -> Result<Durable, AppendError> {
+        let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+        if payload_len > PAYLOAD_BYTES_MAX {
+            return Err(AppendError::TooLarge(payload_len));
         }
-        let need = format::record_bytes(payload.len()) as u64;
+        let need = format::record_bytes(payload_len) as u64;
         let (tx, rx) = oneshot::channel();
         let inner = &self.inner;
         let (seq, leader) = {
@@ -461,7 +474,7 @@ impl Nvlog {
             w.next_seq += 1;
             // SAFETY: bytes past write_end belong to the writer, which we are under the lock.
             let slot = unsafe { inner.own.slot(half, start, need as usize) };
-            format::encode_record(slot, kind, seq, payload);
+            format::encode_record_parts(slot, kind, seq, parts);
             w.write_end[half] = start + need;
             w.last_seq[half] = seq;
             let generation = w.generation[half];
@@ -491,7 +504,7 @@ impl Nvlog {
         };
         inner
             .bytes_appended
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+            .fetch_add(payload_len as u64, Ordering::Relaxed);
         if leader {
             inner.commit_loop();
         }

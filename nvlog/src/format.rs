@@ -239,18 +239,31 @@ pub fn record_bytes(payload_len: usize) -> usize {
 
 /// Encodes a whole record into `out` (exactly `record_bytes(payload.len())` long).
 pub fn encode_record(out: &mut [u8], kind: u16, seq: u64, payload: &[u8]) {
-    assert!(payload.len() <= PAYLOAD_BYTES_MAX);
-    assert_eq!(out.len(), record_bytes(payload.len()));
-    out[..RECORD_HEADER_BYTES].fill(0);
-    out[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
-    out[4..6].copy_from_slice(&(FORMAT_VERSION as u16).to_le_bytes());
-    out[6..8].copy_from_slice(&kind.to_le_bytes());
-    out[8..16].copy_from_slice(&seq.to_le_bytes());
-    out[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    out[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload.len()].copy_from_slice(payload);
-    out[RECORD_HEADER_BYTES + payload.len()..].fill(0);
-    let crc = record_crc(&out[..RECORD_HEADER_BYTES], payload);
-    out[20..24].copy_from_slice(&crc.to_le_bytes());
+    encode_record_parts(out, kind, seq, &[payload]);
+}
+
+/// [`encode_record`] of the concatenation of `parts`, without building it first: a
+/// caller whose payload is data plus a small trailer copies the data once, into the log.
+pub fn encode_record_parts(out: &mut [u8], kind: u16, seq: u64, parts: &[&[u8]]) {
+    let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+    assert!(payload_len <= PAYLOAD_BYTES_MAX);
+    assert_eq!(out.len(), record_bytes(payload_len));
+    let (head, rest) = out.split_at_mut(RECORD_HEADER_BYTES);
+    head.fill(0);
+    head[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+    head[4..6].copy_from_slice(&(FORMAT_VERSION as u16).to_le_bytes());
+    head[6..8].copy_from_slice(&kind.to_le_bytes());
+    head[8..16].copy_from_slice(&seq.to_le_bytes());
+    head[16..20].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    let (body, pad) = rest.split_at_mut(payload_len);
+    let mut at = 0;
+    for part in parts {
+        body[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    pad.fill(0);
+    let crc = record_crc(head, body);
+    head[20..24].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn record_crc(header: &[u8], payload: &[u8]) -> u32 {
@@ -347,6 +360,21 @@ mod tests {
                 "flip at byte {i} not detected"
             );
         }
+    }
+
+    #[test]
+    fn record_of_parts_is_the_record_of_their_concatenation() {
+        let data = vec![7u8; 5000];
+        let trailer = b"meta and length";
+        let mut joined = data.clone();
+        joined.extend_from_slice(trailer);
+        let mut want = vec![0xAAu8; record_bytes(joined.len())];
+        encode_record(&mut want, 3, 9, &joined);
+        // The slot may hold old bytes: padding and header are written whole.
+        let mut got = vec![0x55u8; record_bytes(joined.len())];
+        encode_record_parts(&mut got, 3, 9, &[&data, &[], trailer]);
+        assert_eq!(got, want);
+        assert!(decode_record(&got).is_ok());
     }
 
     #[test]

@@ -40,7 +40,7 @@ fn main() {
         time_ns: 1,
     };
     fs.apply(1, &create).expect("create");
-    let chunk: Vec<u8> = (0..1usize << 20)
+    let chunk: bytes::Bytes = (0..1usize << 20)
         .map(|i| (i * 7 + i / 4096) as u8)
         .collect();
     let target = Fid { ino, gen };

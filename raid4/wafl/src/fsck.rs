@@ -646,7 +646,7 @@ mod tests {
             &FsOp::Write {
                 target: Fid { ino, gen },
                 offset: 0,
-                data: vec![5; 9000],
+                data: vec![5; 9000].into(),
                 time_ns: 2,
             },
         )

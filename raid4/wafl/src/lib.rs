@@ -25,7 +25,7 @@
 //! let op = FsOp::Create { dir, name: b"hello".to_vec(), new, how: CreateHow::Guarded, attr: Default::default(), time_ns: 1 };
 //! assert_eq!(FsOp::decode(&op.encode()).unwrap(), op); // the NVRAM record payload
 //! fs.apply(1, &op).unwrap();
-//! let write = FsOp::Write { target: Fid { ino, gen }, offset: 0, data: b"world".to_vec(), time_ns: 2 };
+//! let write = FsOp::Write { target: Fid { ino, gen }, offset: 0, data: b"world".to_vec().into(), time_ns: 2 };
 //! fs.apply(2, &write).unwrap();
 //! fs.cp().unwrap();
 //!

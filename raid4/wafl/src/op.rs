@@ -4,6 +4,8 @@
 //! An op carries everything that makes applying it a second time a no-op: the inode number
 //! and generation of what it creates, the timestamps, the bytes it writes.
 
+use bytes::Bytes;
+
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::types::{NAME_BYTES_MAX, SYMLINK_BYTES_MAX};
 
@@ -218,8 +220,8 @@ pub enum FsOp {
         target: Fid,
         /// Byte offset.
         offset: u64,
-        /// Bytes.
-        data: Vec<u8>,
+        /// Bytes (shared: a server hands in a slice of the request it received).
+        data: Bytes,
         /// Time, ns.
         time_ns: u64,
     },
@@ -523,7 +525,7 @@ impl FsOp {
             10 => FsOp::Write {
                 target: rfid(&mut r)?,
                 offset: r.u64()?,
-                data: r.bytes32(WRITE_BYTES_MAX)?,
+                data: r.bytes32(WRITE_BYTES_MAX)?.into(),
                 time_ns: r.u64()?,
             },
             t => return Err(DecodeError(format!("bad op tag {t}"))),

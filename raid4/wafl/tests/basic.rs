@@ -218,7 +218,7 @@ fn ops_decoder_rejects_garbage() {
     let op = FsOp::Write {
         target: Fid { ino: 20, gen: 3 },
         offset: 9,
-        data: vec![1; 100],
+        data: vec![1; 100].into(),
         time_ns: 5,
     };
     let e = op.encode();

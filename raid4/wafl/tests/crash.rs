@@ -156,7 +156,7 @@ fn ops_keep_flowing_during_a_cp() {
                 &FsOp::Write {
                     target: Fid { ino, gen },
                     offset: 0,
-                    data: vec![i as u8; 20_000],
+                    data: vec![i as u8; 20_000].into(),
                     time_ns: i,
                 },
             )
@@ -219,7 +219,7 @@ fn cp_driver_runs_on_timer_and_dirty_bound() {
         let op = FsOp::Write {
             target: Fid { ino, gen },
             offset: i << 20,
-            data: vec![1; len],
+            data: vec![1; len].into(),
             time_ns: 2,
         };
         fs.apply(2 + i, &op).unwrap();

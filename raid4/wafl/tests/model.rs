@@ -266,7 +266,7 @@ fn step(rng: &mut StdRng, c: &mut Client, m: &mut Model) {
                     gen: m.objs[&f].gen,
                 },
                 offset: off,
-                data: data.clone(),
+                data: data.clone().into(),
                 time_ns: t,
             })
             .unwrap();

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use nvlog::{kind, AppendError, Nvlog, Record};
 use wafl::{Fid, Fs, FsOp};
 
@@ -42,18 +43,16 @@ pub enum Prepared {
         /// The op; its time is set by the engine.
         op: FsOp,
     },
-    /// A WRITE: the payload was built (one copy of the data) before taking the lock.
+    /// A WRITE: its data goes into the log and the file system as is (see `record`).
     Write {
-        /// Request identity and reply context (also inside `payload`).
+        /// Request identity and reply context.
         meta: RecordMeta,
         /// The file.
         target: Fid,
         /// Byte offset.
         offset: u64,
-        /// Data bytes at the front of `payload`.
-        data_len: usize,
-        /// From [`record::encode_write`].
-        payload: Vec<u8>,
+        /// The bytes, a slice of the RPC record they came in.
+        data: Bytes,
     },
 }
 
@@ -271,14 +270,17 @@ impl Engine {
                 meta,
                 target,
                 offset,
-                data_len,
-                payload,
+                data,
             } => {
-                record::set_write_time(payload, t);
-                let durable = self.log.submit(kind::OP, payload)?;
+                let trailer = record::write_trailer(meta, *target, *offset, data.len(), t);
+                let durable = self.log.submit_parts(kind::OP, &[data, &trailer])?;
                 st.last_time_ns = t;
-                let op =
-                    record::into_write_op(std::mem::take(payload), *target, *offset, *data_len, t);
+                let op = FsOp::Write {
+                    target: *target,
+                    offset: *offset,
+                    data: data.clone(),
+                    time_ns: t,
+                };
                 let executed = exec.execute(&self.fs, durable.seq(), meta, &op);
                 Ok((executed, durable))
             }

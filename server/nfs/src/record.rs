@@ -1,9 +1,10 @@
 //! The payload of our `kind::OP` NVRAM log records: one modifying NFS request, with what
 //! replay needs to re-execute it and regenerate the same reply (see `docs/log-records.md`).
 //!
-//! Layout: `body ‖ meta ‖ body_len (u32 LE)`. The body comes first so that a WRITE's data is
-//! copied once from the RPC record into the payload, and after the log has the payload the
-//! same buffer, truncated to the data, becomes the file system's write buffer (no copy).
+//! Layout: `body ‖ meta ‖ body_len (u32 LE)`. The body comes first so that a WRITE's payload
+//! is its data followed by a small trailer ([`write_trailer`]): the log copies the data
+//! straight out of the RPC record (`Nvlog::submit_parts`), and the file system is handed a
+//! slice of that same record, so the request's data is never joined into a buffer of its own.
 //!
 //! `meta` (little-endian):
 //!
@@ -19,6 +20,7 @@
 //! | 8 | guard ctime: seconds (u32) then nanoseconds (u32), only if bit 0 |
 //! | 32 | body kind 2 only: ino, gen, offset, time_ns (u64 each) |
 
+use bytes::Bytes;
 use twinfiler_proto::drc::{DrcKey, DRC_KEY_BYTES};
 use twinfiler_proto::nfs3::NfsTime3;
 use wafl::{Fid, FsOp};
@@ -35,8 +37,6 @@ const FLAG_TRUNCATE_EXISTING: u8 = 2;
 pub const META_BYTES_MAX: usize = 3 + DRC_KEY_BYTES + 8 + 1 + 8 + 32;
 /// Bytes of the trailing body length.
 const BODY_LEN_BYTES: usize = 4;
-/// Bytes from the end of a WRITE payload to its `time_ns` field: the body length word.
-const WRITE_TIME_FROM_END_BYTES: usize = BODY_LEN_BYTES + 8;
 
 /// Why a payload is not one of our records.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,40 +105,21 @@ pub fn encode(meta: &RecordMeta, op: &FsOp) -> Vec<u8> {
     out
 }
 
-/// Encodes a WRITE record with one copy of `data`; `time_ns` can be set later with
-/// [`set_write_time`].
-pub fn encode_write(meta: &RecordMeta, target: Fid, offset: u64, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + META_BYTES_MAX + BODY_LEN_BYTES);
-    out.extend_from_slice(data);
-    put_meta(&mut out, meta, BODY_WRITE);
-    for v in [target.ino, target.gen, offset, 0] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out
-}
-
-/// Sets the time of a payload made by [`encode_write`].
-pub fn set_write_time(payload: &mut [u8], time_ns: u64) {
-    let at = payload.len() - WRITE_TIME_FROM_END_BYTES;
-    payload[at..at + 8].copy_from_slice(&time_ns.to_le_bytes());
-}
-
-/// Turns a payload made by [`encode_write`] into the op, reusing its buffer for the data.
-pub fn into_write_op(
-    mut payload: Vec<u8>,
+/// The part of a WRITE record after its data: the record's payload is `data ‖ trailer`.
+pub fn write_trailer(
+    meta: &RecordMeta,
     target: Fid,
     offset: u64,
     data_len: usize,
     time_ns: u64,
-) -> FsOp {
-    payload.truncate(data_len);
-    FsOp::Write {
-        target,
-        offset,
-        data: payload,
-        time_ns,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(META_BYTES_MAX + BODY_LEN_BYTES);
+    put_meta(&mut out, meta, BODY_WRITE);
+    for v in [target.ino, target.gen, offset, time_ns] {
+        out.extend_from_slice(&v.to_le_bytes());
     }
+    out.extend_from_slice(&(data_len as u32).to_le_bytes());
+    out
 }
 
 struct Cursor<'a> {
@@ -241,7 +222,7 @@ pub fn decode(payload: &[u8]) -> Result<OpRecord, RecordError> {
             FsOp::Write {
                 target,
                 offset,
-                data: body.to_vec(),
+                data: Bytes::copy_from_slice(body),
                 time_ns,
             }
         }
@@ -308,16 +289,15 @@ mod tests {
         let mut m = meta(false);
         m.drc_key = None;
         let target = Fid { ino: 20, gen: 3 };
-        let mut p = encode_write(&m, target, 4096, b"hello");
-        set_write_time(&mut p, 99);
+        let mut p = b"hello".to_vec();
+        p.extend_from_slice(&write_trailer(&m, target, 4096, 5, 99));
         let want = FsOp::Write {
             target,
             offset: 4096,
-            data: b"hello".to_vec(),
+            data: Bytes::from_static(b"hello"),
             time_ns: 99,
         };
         assert_eq!(decode(&p).unwrap().op, want);
-        assert_eq!(into_write_op(p, target, 4096, 5, 99), want);
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub fn run(quick: bool, bench_dir: &Path) -> anyhow::Result<()> {
         ino: f.ino,
         gen: f.gen,
     };
-    let chunk: Vec<u8> = (0..1usize << 20)
+    let chunk: bytes::Bytes = (0..1usize << 20)
         .map(|i| (i * 7 + i / 4096) as u8)
         .collect();
     let driver = CpDriver::start(fs.clone());

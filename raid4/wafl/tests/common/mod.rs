@@ -85,7 +85,7 @@ impl Client {
         self.apply(FsOp::Write {
             target: Self::fid(h),
             offset,
-            data: data.to_vec(),
+            data: data.to_vec().into(),
             time_ns: t,
         })
         .map(|_| ())

@@ -8,6 +8,7 @@
 //! checks the SETATTR guard, applies, and formats the reply with wcc data. It depends only
 //! on the file-system state and the record, so replay regenerates the same reply.
 
+use bytes::Bytes;
 use twinfiler_proto::drc::DrcKey;
 use twinfiler_proto::nfs3::{
     CreateArgs, CreateHow3, DirOpArgs3, DirOpResOk, LinkArgs, LinkResBody, MkdirArgs, MknodArgs,
@@ -24,7 +25,7 @@ use super::attr::{status_of, time_ns, wcc_attr};
 use super::perm::{self, W, X};
 use super::{done, fail, Caller, Done, Resolved};
 use crate::engine::{EngineError, Executed, Executor, Prepared, SERVER_TIME};
-use crate::record::{self, RecordMeta};
+use crate::record::RecordMeta;
 use crate::stats::bump;
 use crate::NfsService;
 
@@ -45,7 +46,7 @@ impl NfsService {
         c: &Caller,
         key: DrcKey,
         args: Nfs3Call,
-        record: &[u8],
+        record: &Bytes,
     ) -> Option<Done> {
         let p = args.proc_();
         let prepared = match self.prepare(c, key, args, record) {
@@ -184,7 +185,7 @@ impl NfsService {
         c: &Caller,
         key: DrcKey,
         args: Nfs3Call,
-        record: &[u8],
+        record: &Bytes,
     ) -> Result<Prepared, Refusal> {
         let p = args.proc_();
         let t = 0; // set by the engine under the lock
@@ -419,7 +420,7 @@ impl NfsService {
         c: &Caller,
         key: DrcKey,
         a: WriteArgs,
-        record: &[u8],
+        record: &Bytes,
     ) -> Result<Prepared, Refusal> {
         let r = self.writable(&a.file, c)?;
         let h = Some(r.handle);
@@ -431,11 +432,15 @@ impl NfsService {
         if !perm::may_io(&r.attr, &r.ident, W) {
             return Err((NfsStat3::Acces, h));
         }
-        let data = record
-            .get(a.data.clone())
-            .ok_or((NfsStat3::Serverfault, h))?;
+        if a.data.end > record.len() || a.data.start > a.data.end {
+            return Err((NfsStat3::Serverfault, h));
+        }
         // RFC 1813: `count` is the number of bytes to write; never more than were sent.
-        let data = &data[..data.len().min(a.count as usize)];
+        let end = a
+            .data
+            .end
+            .min(a.data.start.saturating_add(a.count as usize));
+        let data = record.slice(a.data.start..end);
         if a.offset.saturating_add(data.len() as u64) > FILE_SIZE_MAX {
             return Err((NfsStat3::Fbig, h));
         }
@@ -443,11 +448,10 @@ impl NfsService {
         bump(&self.stats.bytes_written, data.len() as u64);
         let meta = self.meta(key, Nfs3Proc::Write, r.export.id);
         Ok(Prepared::Write {
-            payload: record::encode_write(&meta, target, a.offset, data),
             meta,
             target,
             offset: a.offset,
-            data_len: data.len(),
+            data,
         })
     }
 }

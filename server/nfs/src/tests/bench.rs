@@ -50,7 +50,7 @@ async fn bench_service() {
         let w = wafl::FsOp::Write {
             target: wafl::Fid { ino, gen },
             offset: (i as u64) << 20,
-            data: chunk.to_vec(),
+            data: chunk.to_vec().into(),
             time_ns: 2,
         };
         env.fs.apply(seq, &w).unwrap();
