@@ -640,7 +640,9 @@ impl Group {
     }
 }
 
-fn scan_dir(dir: &Path) -> Result<Vec<PathBuf>, Raid4Error> {
+/// The disks in `dir` (regular files and block devices), sorted by path: what
+/// [`DiskSource::Dir`] assembles from.
+pub fn scan_dir(dir: &Path) -> Result<Vec<PathBuf>, Raid4Error> {
     let rd = std::fs::read_dir(dir).map_err(|e| Raid4Error::open(dir, e))?;
     let mut out: Vec<PathBuf> = rd
         .filter_map(|e| e.ok())

@@ -171,12 +171,7 @@ impl Identity {
     /// The disk files of the identity's aggregate (members and spares), sorted.
     pub fn disk_paths(config: &NodeConfig) -> Result<Vec<PathBuf>, String> {
         let dir = &config.aggregate.disks_dir;
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| format!("read {}: {e}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() || is_block_device(p))
-            .collect();
-        paths.sort();
+        let paths = raid4::assemble::scan_dir(dir).map_err(|e| e.to_string())?;
         if paths.is_empty() {
             return Err(format!("{} holds no disks", dir.display()));
         }
@@ -675,8 +670,3 @@ async fn bind_with_retry(
 /// Bound on retrying a bind of the data address.
 const BIND_RETRY_MS_MAX: u64 = 3_000;
 const BIND_RETRY_POLL_MS: u64 = 20;
-
-fn is_block_device(p: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt as _;
-    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
-}
