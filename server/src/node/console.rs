@@ -106,14 +106,62 @@ struct Inner {
     partner: Option<(std::time::Instant, NodeStatus)>,
     /// Why the last partner poll failed, if it did.
     partner_error: Option<String>,
-    /// Takeovers and givebacks that ended since the last poll (for the metrics).
-    ops_ended: Vec<web_ui::metrics::HaOperationEnded>,
-    /// The takeover or giveback in progress here: kind, mode, since.
-    op_running: Option<(
+    /// Takeovers and givebacks, timed for the metrics.
+    ops: OperationTimer,
+}
+
+/// Times takeovers and givebacks from the takeover machine's notes (sans-IO: the caller
+/// passes the time of each note).
+#[derive(Default)]
+struct OperationTimer {
+    /// Operations that ended since the last metrics poll.
+    ended: Vec<web_ui::metrics::HaOperationEnded>,
+    /// The operation in progress: kind, mode, since.
+    running: Option<(
         web_ui::OperationKind,
         web_ui::metrics::HaMode,
         std::time::Instant,
     )>,
+    /// The running attempt's countdown expired: a forced takeover that follows is the
+    /// fallback, not an operator's `--immediate`.
+    countdown_expired: bool,
+}
+
+impl OperationTimer {
+    fn on_note(&mut self, note: &cluster::takeover::Note, now: std::time::Instant) {
+        use cluster::takeover::{Mode, Note};
+        use web_ui::metrics::{HaMode, HaOperationEnded};
+        use web_ui::OperationKind;
+        match *note {
+            Note::CountdownExpired => self.countdown_expired = true,
+            Note::TakeoverStarted { mode, .. } => {
+                // The machine has one forced mode for both ways of getting there.
+                let mode = match mode {
+                    Mode::Graceful | Mode::Resume | Mode::Recover => HaMode::Graceful,
+                    Mode::Forced if self.countdown_expired => HaMode::Forced,
+                    Mode::Forced => HaMode::Immediate,
+                    Mode::Hard => HaMode::Hard,
+                };
+                self.countdown_expired = false;
+                self.running = Some((OperationKind::Takeover, mode, now));
+            }
+            Note::State(StateCode::GivingBack) => {
+                self.running = Some((OperationKind::Giveback, HaMode::Graceful, now));
+            }
+            Note::State(StateCode::InTakeover) | Note::GivebackComplete(_) | Note::Aborted(_) => {
+                self.countdown_expired = false;
+                if let Some((kind, mode, since)) = self.running.take() {
+                    self.ended.push(HaOperationEnded {
+                        kind,
+                        mode,
+                        succeeded: !matches!(note, Note::Aborted(_)),
+                        seconds: now.saturating_duration_since(since).as_secs_f64(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Counter totals read at one poll.
@@ -257,7 +305,7 @@ impl NodeConsole {
                 mirror_lag_bytes: log.mirror_lag_bytes,
                 mirror_degraded: matches!(log.mirror, MirrorState::Degraded { .. }),
             }),
-            ha_operations_ended: std::mem::take(&mut inner.ops_ended),
+            ha_operations_ended: std::mem::take(&mut inner.ops.ended),
             ..Default::default()
         };
         if let Some(ha) = &self.view.ha {
@@ -614,38 +662,7 @@ impl NodeConsole {
 
     /// Times takeovers and givebacks from the machine's notes, for the metrics.
     fn track_operation(&self, note: &cluster::takeover::Note) {
-        use cluster::takeover::{Mode, Note};
-        use web_ui::metrics::{HaMode, HaOperationEnded};
-        use web_ui::OperationKind;
-        let mut inner = self.lock();
-        match *note {
-            Note::TakeoverStarted { mode, .. } => {
-                let mode = match mode {
-                    Mode::Graceful | Mode::Resume | Mode::Recover => HaMode::Graceful,
-                    Mode::Forced => HaMode::Forced,
-                    Mode::Hard => HaMode::Hard,
-                };
-                inner.op_running = Some((OperationKind::Takeover, mode, std::time::Instant::now()));
-            }
-            Note::State(StateCode::GivingBack) => {
-                inner.op_running = Some((
-                    OperationKind::Giveback,
-                    HaMode::Graceful,
-                    std::time::Instant::now(),
-                ));
-            }
-            Note::State(StateCode::InTakeover) | Note::GivebackComplete(_) | Note::Aborted(_) => {
-                if let Some((kind, mode, since)) = inner.op_running.take() {
-                    inner.ops_ended.push(HaOperationEnded {
-                        kind,
-                        mode,
-                        succeeded: !matches!(note, Note::Aborted(_)),
-                        seconds: since.elapsed().as_secs_f64(),
-                    });
-                }
-            }
-            _ => {}
-        }
+        self.lock().ops.on_note(note, std::time::Instant::now());
     }
 
     fn operations(&self) -> Result<&Arc<Operations>, BackendError> {
@@ -1180,4 +1197,53 @@ fn reply_status(head: &[u8]) -> String {
         })
     };
     parse().unwrap_or_else(|| "RPC_ERROR".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster::takeover::{Mode, Note};
+    use std::time::{Duration, Instant};
+    use web_ui::metrics::HaMode;
+
+    fn modes_of(notes: &[Note]) -> Vec<(HaMode, bool, f64)> {
+        let mut timer = OperationTimer::default();
+        let t0 = Instant::now();
+        for (i, n) in notes.iter().enumerate() {
+            timer.on_note(n, t0 + Duration::from_secs(i as u64));
+        }
+        timer
+            .ended
+            .iter()
+            .map(|e| (e.mode, e.succeeded, e.seconds))
+            .collect()
+    }
+
+    #[test]
+    fn a_forced_takeover_is_labelled_by_how_it_came() {
+        let forced = Note::TakeoverStarted {
+            epoch: 1,
+            mode: Mode::Forced,
+        };
+        let done = Note::State(StateCode::InTakeover);
+        assert_eq!(
+            modes_of(&[forced, done]),
+            vec![(HaMode::Immediate, true, 1.0)],
+            "no countdown expired: the operator asked for --immediate"
+        );
+        assert_eq!(
+            modes_of(&[Note::CountdownExpired, forced, done]),
+            vec![(HaMode::Forced, true, 1.0)]
+        );
+        // An expiry that ended in an abort does not mark the next attempt.
+        assert_eq!(
+            modes_of(&[
+                Note::CountdownExpired,
+                Note::Aborted(cluster::takeover::Reason::InterconnectDown),
+                forced,
+                done,
+            ]),
+            vec![(HaMode::Immediate, true, 1.0)]
+        );
+    }
 }
