@@ -34,10 +34,10 @@ const GRACEFUL_CYCLES: (usize, usize) = (5, 2);
 /// Forced and hard takeover cycles (full, quick).
 const FAILURE_CYCLES: (usize, usize) = (3, 1);
 /// Countdown of graceful takeovers, s (a responsive victim finishes long before).
-const GRACEFUL_COUNTDOWN_S: u64 = 30;
+const GRACEFUL_COUNTDOWN_S: u32 = 30;
 /// Countdown of the forced takeover (the victim hangs), s. (With 1 s, equal to the
 /// heartbeat-loss bound, the driver failed the takeover with "interconnect down" at 07:07.)
-const FORCED_COUNTDOWN_S: u64 = 2;
+const FORCED_COUNTDOWN_S: u32 = 2;
 /// Bounds: a node serving, an operation finishing, a state change, client progress.
 const NODE_START_MS_MAX: u64 = 90_000;
 const OPERATION_MS_MAX: u64 = 90_000;
@@ -54,6 +54,8 @@ struct Bench {
     exe: PathBuf,
     spec: PairSpec,
     procs: [Option<NodeProc>; 2],
+    /// Clients of the two consoles (one connection pool each for the whole run).
+    consoles: [Console; 2],
     /// Namespaces (root) or none (loopback); dropped after the processes.
     lab: Option<NetLab>,
 }
@@ -73,8 +75,8 @@ impl Bench {
         Ok(())
     }
 
-    fn console(&self, i: usize) -> anyhow::Result<Console> {
-        Ok(Console::new(&self.spec.urls[i], &self.spec.token)?)
+    fn console(&self, i: usize) -> &Console {
+        &self.consoles[i]
     }
 
     fn proc_(&mut self, i: usize) -> anyhow::Result<&mut NodeProc> {
@@ -162,10 +164,15 @@ fn run_in(quick: bool, dir: &Path, use_netns: bool) -> anyhow::Result<()> {
         ..PairOptions::default()
     };
     let spec = PairSpec::write(dir, &addrs, &opts)?;
+    let consoles = [
+        Console::new(&spec.urls[0], &spec.token)?,
+        Console::new(&spec.urls[1], &spec.token)?,
+    ];
     let mut bench = Bench {
         exe: std::env::current_exe().context("find the twinfiler binary")?,
         spec,
         procs: [None, None],
+        consoles,
         lab,
     };
     for i in 0..2 {
@@ -220,12 +227,12 @@ fn median(v: &mut [f64]) -> f64 {
 async fn ready(b: &Bench) -> anyhow::Result<()> {
     for i in 0..2 {
         for n in ["a", "b"] {
-            b.console(i)?.wait_state(n, "normal", STATE_MS_MAX).await?;
+            b.console(i).wait_state(n, "normal", STATE_MS_MAX).await?;
         }
     }
     let deadline = Instant::now() + Duration::from_millis(STATE_MS_MAX);
     loop {
-        let (possible, answer) = b.console(1)?.check("a").await?;
+        let (possible, answer) = b.console(1).check("a").await?;
         if possible {
             return Ok(());
         }
@@ -237,12 +244,12 @@ async fn ready(b: &Bench) -> anyhow::Result<()> {
 }
 
 async fn giveback(b: &Bench, c: &Client) -> anyhow::Result<f64> {
-    b.console(1)?
+    b.console(1)
         .wait_state("a", "waiting-for-giveback", NODE_START_MS_MAX)
         .await?;
     let t0 = Instant::now();
-    let op = b.console(1)?.giveback("a").await?;
-    b.console(1)?.wait_operation(op, OPERATION_MS_MAX).await?;
+    let op = b.console(1).giveback("a").await?;
+    b.console(1).wait_operation(op, OPERATION_MS_MAX).await?;
     let ms = c.pause_since("giveback", t0).await?;
     ready(b).await?;
     Ok(ms)
@@ -270,7 +277,7 @@ async fn cycles(b: &mut Bench, data_a: IpAddr, portmap: u16, quick: bool) -> any
         let asked_at = cycle % 2;
         let t0 = Instant::now();
         let op = b
-            .console(asked_at)?
+            .console(asked_at)
             .takeover(
                 "a",
                 Mode::Graceful {
@@ -278,7 +285,7 @@ async fn cycles(b: &mut Bench, data_a: IpAddr, portmap: u16, quick: bool) -> any
                 },
             )
             .await?;
-        b.console(asked_at)?
+        b.console(asked_at)
             .wait_operation(op, OPERATION_MS_MAX)
             .await?;
         graceful.push(
@@ -310,7 +317,7 @@ async fn cycles(b: &mut Bench, data_a: IpAddr, portmap: u16, quick: bool) -> any
         // Hard: kill -9, detected by heartbeat loss.
         b.procs[0].take().context("a running")?.kill9();
         let t0 = Instant::now();
-        b.console(1)?
+        b.console(1)
             .wait_state("b", "in-takeover", STATE_MS_MAX)
             .await?;
         hard.push(
@@ -357,7 +364,7 @@ async fn forced_cycle(b: &mut Bench, c: &Client, cycle: usize) -> anyhow::Result
     b.proc_(0)?.freeze();
     let t0 = Instant::now();
     let op = b
-        .console(1)?
+        .console(1)
         .takeover(
             "a",
             Mode::Graceful {
@@ -365,11 +372,11 @@ async fn forced_cycle(b: &mut Bench, c: &Client, cycle: usize) -> anyhow::Result
             },
         )
         .await?;
-    b.console(1)?.wait_operation(op, OPERATION_MS_MAX).await?;
+    b.console(1).wait_operation(op, OPERATION_MS_MAX).await?;
     let ms = c
         .pause_since(
             &format!("forced takeover #{cycle} (countdown excluded)"),
-            t0 + Duration::from_secs(FORCED_COUNTDOWN_S),
+            t0 + Duration::from_secs(FORCED_COUNTDOWN_S.into()),
         )
         .await?;
     b.procs[0].take().context("a running")?.kill9();

@@ -1,84 +1,50 @@
-//! The operator API of a node's console (web-ui/docs/api.md), as the lab needs it: status,
-//! takeover check, takeover, giveback and waiting for an operation's outcome. Statuses are
-//! read as JSON values, so the lab keeps working while the API grows fields.
+//! The operator API of a node's console (web-ui/docs/api.md), as the lab needs it, over the
+//! console's own client ([`web_ui::client::ApiClient`]): status, takeover check, takeover,
+//! giveback and waiting for an operation's outcome. Statuses are read as JSON values, so the
+//! lab keeps working while the API grows fields.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use web_ui::client::{ApiClient, ClientError};
+use web_ui::{OperationId, Outcome};
 
 use super::LabError;
 
-/// One HTTP request, at most.
-const REQUEST_MS_MAX: u64 = 5_000;
+/// How a takeover is asked.
+pub use web_ui::TakeoverMode as Mode;
+
 /// How often an operation or a state is polled.
 const POLL_MS: u64 = 50;
 
-/// How a takeover is asked.
-#[derive(Debug, Clone, Copy)]
-pub enum Mode {
-    /// Drain first, bounded by a countdown (seconds, 1..=600).
-    Graceful {
-        /// Countdown, s.
-        countdown_s: u64,
-    },
-    /// No drain.
-    Immediate,
+fn console_error(e: ClientError) -> LabError {
+    LabError::Console(e.to_string())
 }
 
 /// A console client.
 #[derive(Clone)]
 pub struct Console {
-    /// Base URL, e.g. `http://127.0.0.21:8080`.
-    pub url: String,
-    token: String,
-    http: reqwest::Client,
+    api: ApiClient,
 }
 
 impl Console {
     /// A client of the console at `url` with an API token.
     pub fn new(url: &str, token: &str) -> Result<Console, LabError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(REQUEST_MS_MAX))
-            .build()
-            .map_err(|e| LabError::Console(format!("http client: {e}")))?;
         Ok(Console {
-            url: url.trim_end_matches('/').to_string(),
-            token: token.to_string(),
-            http,
+            api: ApiClient::new(url, token).map_err(console_error)?,
         })
     }
 
-    async fn send(
-        &self,
-        req: reqwest::RequestBuilder,
-        what: &str,
-    ) -> Result<(u16, Value), LabError> {
-        let resp = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| LabError::Console(format!("{what} at {}: {e}", self.url)))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| LabError::Console(format!("{what}: body: {e}")))?;
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok((status, body))
+    /// Base URL, e.g. `http://127.0.0.21:8080`.
+    pub fn url(&self) -> &str {
+        self.api.base_url()
     }
 
     /// `GET /api/v1/status`.
     pub async fn status(&self) -> Result<Value, LabError> {
-        let (code, body) = self
-            .send(
-                self.http.get(format!("{}/api/v1/status", self.url)),
-                "status",
-            )
-            .await?;
-        if code != 200 {
-            return Err(LabError::Console(format!("status: HTTP {code}: {body}")));
-        }
-        Ok(body)
+        let text = self.api.status_text().await.map_err(console_error)?;
+        serde_json::from_str(&text)
+            .map_err(|e| LabError::Console(format!("status at {}: {e}: {text}", self.url())))
     }
 
     /// The `state` label of node `name` in this console's status.
@@ -91,94 +57,54 @@ impl Console {
 
     /// `POST /api/v1/takeover/check`: (possible, the whole answer).
     pub async fn check(&self, target: &str) -> Result<(bool, Value), LabError> {
-        let (code, body) = self
-            .send(
-                self.http
-                    .post(format!("{}/api/v1/takeover/check", self.url))
-                    .json(&json!({"target": target})),
-                "takeover check",
-            )
-            .await?;
-        if code != 200 {
-            return Err(LabError::Console(format!(
-                "takeover check: HTTP {code}: {body}"
-            )));
-        }
-        let possible = body
-            .get("possible")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        Ok((possible, body))
+        let answer = self
+            .api
+            .check_takeover(target)
+            .await
+            .map_err(console_error)?;
+        let value = serde_json::to_value(&answer)
+            .map_err(|e| LabError::Console(format!("takeover check: {e}")))?;
+        Ok((answer.possible, value))
     }
 
-    /// `POST /api/v1/takeover`; returns the operation id (202), or the refusal.
+    /// `POST /api/v1/takeover`; returns the operation id, or the refusal.
     pub async fn takeover(&self, target: &str, mode: Mode) -> Result<u64, LabError> {
-        let mode = match mode {
-            Mode::Graceful { countdown_s } => {
-                json!({"kind": "graceful", "countdown_s": countdown_s})
-            }
-            Mode::Immediate => json!({"kind": "immediate"}),
-        };
-        self.start_operation("takeover", json!({"target": target, "mode": mode}))
+        let accepted = self
+            .api
+            .start_takeover(target, mode)
             .await
+            .map_err(console_error)?;
+        Ok(accepted.operation.0)
     }
 
     /// `POST /api/v1/giveback`; `target` gets its identity back.
     pub async fn giveback(&self, target: &str) -> Result<u64, LabError> {
-        self.start_operation("giveback", json!({"target": target}))
+        let accepted = self
+            .api
+            .start_giveback(target)
             .await
+            .map_err(console_error)?;
+        Ok(accepted.operation.0)
     }
 
-    async fn start_operation(&self, kind: &str, body: Value) -> Result<u64, LabError> {
-        let (code, answer) = self
-            .send(
-                self.http
-                    .post(format!("{}/api/v1/{kind}", self.url))
-                    .json(&body),
-                kind,
-            )
-            .await?;
-        if code != 202 {
-            return Err(LabError::Console(format!(
-                "{kind} {body} refused: HTTP {code}: {answer}"
-            )));
-        }
-        answer
-            .get("operation")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| LabError::Console(format!("{kind}: no operation id in {answer}")))
-    }
-
-    /// Polls `GET /api/v1/operations/{id}` until its outcome (bounded); Ok(progress) if it
-    /// succeeded, the reason otherwise.
-    pub async fn wait_operation(&self, id: u64, wait_ms: u64) -> Result<Value, LabError> {
+    /// Polls `GET /api/v1/operations/{id}` until its outcome (bounded): Ok if it succeeded,
+    /// the reason otherwise. Polled rather than followed as a stream: the console asked may
+    /// be the one going down, and it is briefly unreachable.
+    pub async fn wait_operation(&self, id: u64, wait_ms: u64) -> Result<(), LabError> {
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let mut last = Value::Null;
         while Instant::now() < deadline {
-            match self
-                .send(
-                    self.http
-                        .get(format!("{}/api/v1/operations/{id}", self.url)),
-                    "operation",
-                )
-                .await
-            {
-                Ok((200, p)) => {
-                    match p
-                        .get("outcome")
-                        .and_then(|o| o.get("result"))
-                        .and_then(Value::as_str)
-                    {
-                        Some("succeeded") => return Ok(p),
-                        Some(_) => {
-                            return Err(LabError::Console(format!("operation {id} failed: {p}")))
-                        }
-                        None => last = p,
+            match self.api.operation(OperationId(id)).await {
+                Ok(p) => match &p.outcome {
+                    Some(Outcome::Succeeded) => return Ok(()),
+                    Some(Outcome::Failed { reason }) => {
+                        return Err(LabError::Console(format!(
+                            "operation {id} failed: {reason}"
+                        )))
                     }
-                }
-                Ok((code, body)) => last = json!({"http": code, "body": body}),
-                // The console may be briefly unreachable (its node is the one going down).
-                Err(e) => last = json!({"error": e.to_string()}),
+                    None => last = serde_json::to_value(&p).unwrap_or(Value::Null),
+                },
+                Err(e) => last = json!({ "error": e.to_string() }),
             }
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
         }

@@ -32,7 +32,17 @@ impl NodeProc {
     /// Starts `exe node --config CONFIG` (in namespace `netns` if given), stderr appended to
     /// the node's log; does not wait for it to serve.
     pub fn spawn(exe: &Path, spec: &NodeSpec, netns: Option<&str>) -> Result<NodeProc, LabError> {
-        let log = spec.log_path();
+        Self::spawn_config(exe, &spec.name, &spec.config_path, spec.log_path(), netns)
+    }
+
+    /// [`NodeProc::spawn`] of any config file: node `name`, stderr appended to `log`.
+    pub fn spawn_config(
+        exe: &Path,
+        name: &str,
+        config: &Path,
+        log: PathBuf,
+        netns: Option<&str>,
+    ) -> Result<NodeProc, LabError> {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -47,7 +57,7 @@ impl NodeProc {
             None => Command::new(exe),
         };
         cmd.args(["node", "--config"])
-            .arg(&spec.config_path)
+            .arg(config)
             .env(
                 "RUST_LOG",
                 std::env::var("TWINFILER_LAB_LOG").unwrap_or_else(|_| "info".into()),
@@ -79,9 +89,9 @@ impl NodeProc {
                 }
             }
         });
-        tracing::info!(node = %spec.name, pid = child.id(), netns, "node started");
+        tracing::info!(node = %name, pid = child.id(), netns, "node started");
         Ok(NodeProc {
-            name: spec.name.clone(),
+            name: name.to_string(),
             child: Some(child),
             lines,
             log,
@@ -101,13 +111,13 @@ impl NodeProc {
         Ok(p)
     }
 
-    /// Waits for the " serving " line on stdout; an exit or the bound is an error (with the
-    /// log's tail).
-    pub fn wait_serving(&mut self, wait_ms: u64) -> Result<(), LabError> {
+    /// Waits for the " serving " line on stdout and returns it (it names the ports); an
+    /// exit or the bound is an error (with the log's tail).
+    pub fn wait_serving(&mut self, wait_ms: u64) -> Result<String, LabError> {
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         loop {
             match self.lines.recv_timeout(Duration::from_millis(POLL_MS)) {
-                Ok(line) if line.contains(" serving ") => return Ok(()),
+                Ok(line) if line.contains(" serving ") => return Ok(line),
                 Ok(_) => continue,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {

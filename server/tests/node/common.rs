@@ -1,22 +1,18 @@
 //! Shared test harness: a node's directories and config, in-process nodes and node
 //! processes (`twinfiler node --config`), all on 127.0.0.1 with ports the kernel picks.
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use twinfiler::config::NodeConfig;
+use twinfiler::lab::process::NodeProc;
 use twinfiler::node::Node;
 
 /// A node process must print its serving line within this bound (aggregate creation and
-/// mkfs included).
+/// mkfs included). It must exit within `lab::process::STOP_MS_MAX` of SIGTERM.
 const PROCESS_START_MS_MAX: u64 = 60_000;
-/// A node process must exit this long after SIGTERM.
-const PROCESS_STOP_MS_MAX: u64 = 30_000;
-const PROCESS_POLL_MS: u64 = 20;
 
 /// Export rules used by most tests: everything from 127.0.0.1, root not squashed.
 pub const EXPORT_ROOT_OPEN: &str = r#"
@@ -170,9 +166,9 @@ stop_grace_ms = 5000
     }
 }
 
-/// A `twinfiler node` process.
+/// A `twinfiler node` process (the lab's [`NodeProc`]) and the ports its serving line names.
 pub struct NodeProcess {
-    child: Option<Child>,
+    proc_: NodeProc,
     /// Portmapper (TCP).
     pub portmap: SocketAddr,
     /// MOUNT (TCP).
@@ -186,108 +182,46 @@ impl NodeProcess {
     /// Starts `twinfiler node --config CONFIG` (stderr to `log`) and waits for its serving
     /// line.
     pub fn spawn(config: &Path, log: &Path) -> NodeProcess {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("node log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_twinfiler"))
-            .args(["node", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
+        let exe = Path::new(env!("CARGO_BIN_EXE_twinfiler"));
+        let mut proc_ = NodeProc::spawn_config(exe, "node", config, log.to_owned(), None)
             .expect("spawn twinfiler node");
-        let stdout = child.stdout.take().expect("stdout");
-        // The serving line is read on a thread so the wait is bounded in time.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_millis(PROCESS_START_MS_MAX);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains(" serving ") => {
-                    let field = |k: &str| -> SocketAddr {
-                        line.split_whitespace()
-                            .find_map(|w| w.strip_prefix(k))
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-                    };
-                    return NodeProcess {
-                        portmap: field("portmap="),
-                        mount: field("mount="),
-                        nfs: field("nfs="),
-                        child: Some(child),
-                        log: log.to_owned(),
-                    };
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "node did not start within {PROCESS_START_MS_MAX} ms; log:\n{}",
-                        std::fs::read_to_string(log).unwrap_or_default()
-                    );
-                }
-            }
+        let line = proc_
+            .wait_serving(PROCESS_START_MS_MAX)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let field = |k: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+        };
+        NodeProcess {
+            portmap: field("portmap="),
+            mount: field("mount="),
+            nfs: field("nfs="),
+            proc_,
+            log: log.to_owned(),
         }
     }
 
     /// SIGTERM, then waits (bounded) for the exit.
-    pub fn stop(mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        wait_bounded(&mut child, &self.log)
+    pub fn stop(self) -> ExitStatus {
+        let log = self.log.clone();
+        self.proc_.stop().unwrap_or_else(|e| {
+            panic!(
+                "{e}; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
     }
 
     /// SIGKILL: no shutdown, no final CP.
-    pub fn kill9(mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().expect("kill -9");
-        child.wait().expect("reap");
+    pub fn kill9(self) {
+        self.proc_.kill9();
     }
 
     /// The node's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn wait_bounded(child: &mut Child, log: &Path) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_millis(PROCESS_STOP_MS_MAX);
-    loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            return st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "node did not exit within {PROCESS_STOP_MS_MAX} ms of SIGTERM; log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(PROCESS_POLL_MS));
     }
 }
 

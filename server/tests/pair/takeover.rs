@@ -22,9 +22,9 @@ const PAIR_READY_MS_MAX: u64 = 90_000;
 /// A state change seen by a console within this bound.
 const STATE_MS_MAX: u64 = 30_000;
 /// Countdown of the forced scenario (the victim hangs), s.
-const FORCED_COUNTDOWN_S: u64 = 2;
+const FORCED_COUNTDOWN_S: u32 = 2;
 /// Countdown of graceful takeovers, s (a responsive victim must finish well before).
-const GRACEFUL_COUNTDOWN_S: u64 = 30;
+const GRACEFUL_COUNTDOWN_S: u32 = 30;
 /// How long the cut interconnect is watched for a (wrong) takeover, ms.
 const CUT_WATCH_MS: u64 = 4_000;
 
@@ -224,7 +224,7 @@ async fn graceful(pair: &mut Pair, w: &Writer, asked_at: usize) {
     w.progress("graceful takeover").await;
     let pause = w.pause_since("graceful takeover", t0);
     assert!(
-        pause < Duration::from_secs(GRACEFUL_COUNTDOWN_S),
+        pause < Duration::from_secs(GRACEFUL_COUNTDOWN_S.into()),
         "a responsive victim finishes before the countdown"
     );
     pair.console(1)
@@ -263,7 +263,7 @@ fn hung_victim_is_taken_over_when_the_countdown_expires() {
         w.progress("forced takeover").await;
         w.pause_since(
             "forced takeover (countdown excluded)",
-            t0 + Duration::from_secs(FORCED_COUNTDOWN_S),
+            t0 + Duration::from_secs(FORCED_COUNTDOWN_S.into()),
         );
         // The fenced victim is killed and comes back: it must wait for giveback.
         pair.procs[0].take();
