@@ -67,6 +67,18 @@ impl Console {
         Ok((answer.possible, value))
     }
 
+    /// `POST /api/v1/giveback/check`: (possible, the whole answer).
+    pub async fn check_giveback(&self, target: &str) -> Result<(bool, Value), LabError> {
+        let answer = self
+            .api
+            .check_giveback(target)
+            .await
+            .map_err(console_error)?;
+        let value = serde_json::to_value(&answer)
+            .map_err(|e| LabError::Console(format!("giveback check: {e}")))?;
+        Ok((answer.possible, value))
+    }
+
     /// `POST /api/v1/takeover`; returns the operation id, or the refusal.
     pub async fn takeover(&self, target: &str, mode: Mode) -> Result<u64, LabError> {
         let accepted = self

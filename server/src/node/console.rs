@@ -764,7 +764,7 @@ fn empty_card(name: &str, state: NodeState) -> NodeStatus {
 }
 
 /// The console's word for a machine state.
-fn node_state(s: StateCode) -> NodeState {
+pub(super) fn node_state(s: StateCode) -> NodeState {
     match s {
         StateCode::Normal | StateCode::AskedPartner => NodeState::Normal,
         StateCode::TakeoverCheck => NodeState::TakeoverCheck,
@@ -850,43 +850,8 @@ impl ConsoleBackend for NodeConsole {
 
     async fn check_giveback(&self, target: &str) -> Result<CheckResult, BackendError> {
         self.known_node(target)?;
-        self.operations()?;
-        let ha = self
-            .view
-            .ha
-            .as_ref()
-            .expect("operations exist only in a pair");
-        let snap = ha.snapshot();
-        let to = ha
-            .node_named(target)
-            .ok_or_else(|| BackendError::UnknownNode(target.into()))?;
-        let taker_state = if to == ha.me {
-            snap.partner.map(|h| h.state)
-        } else {
-            Some(snap.state)
-        };
-        let victim_state = if to == ha.me {
-            Some(snap.state)
-        } else {
-            snap.partner.map(|h| h.state)
-        };
-        let label = |s: Option<StateCode>| s.map_or("not connected", |s| node_state(s).label());
-        let checks = vec![
-            web_ui::CheckItem {
-                name: "identity taken over".into(),
-                ok: taker_state == Some(StateCode::InTakeover),
-                detail: format!("the taker is {}", label(taker_state)),
-            },
-            web_ui::CheckItem {
-                name: "waiting for giveback".into(),
-                ok: victim_state == Some(StateCode::WaitingForGiveback),
-                detail: format!("{target} is {}", label(victim_state)),
-            },
-        ];
-        Ok(CheckResult {
-            possible: checks.iter().all(|c| c.ok),
-            checks,
-        })
+        let ops = self.operations()?;
+        Ok(ops.check_giveback(target, ops.node(target)?))
     }
 
     async fn start_giveback(&self, target: &str, actor: &str) -> Result<OperationId, BackendError> {

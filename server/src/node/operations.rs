@@ -139,6 +139,37 @@ impl Operations {
         })
     }
 
+    /// Whether `target` (node `to`) can get its identity back now: its partner holds it
+    /// in takeover, and it waits for giveback. Read from the heartbeat states; changes nothing.
+    pub fn check_giveback(&self, target: &str, to: NodeId) -> CheckResult {
+        let snap = self.ha.snapshot();
+        let partner = snap.partner.map(|h| h.state);
+        let (taker_state, victim_state) = if to == self.ha.me {
+            (partner, Some(snap.state))
+        } else {
+            (Some(snap.state), partner)
+        };
+        let label = |s: Option<StateCode>| {
+            s.map_or("not connected", |s| super::console::node_state(s).label())
+        };
+        let checks = vec![
+            CheckItem {
+                name: "identity taken over".into(),
+                ok: taker_state == Some(StateCode::InTakeover),
+                detail: format!("the taker is {}", label(taker_state)),
+            },
+            CheckItem {
+                name: "waiting for giveback".into(),
+                ok: victim_state == Some(StateCode::WaitingForGiveback),
+                detail: format!("{target} is {}", label(victim_state)),
+            },
+        ];
+        CheckResult {
+            possible: checks.iter().all(|c| c.ok),
+            checks,
+        }
+    }
+
     /// Starts a takeover of `of` and follows it.
     pub fn start_takeover(
         self: &Arc<Self>,

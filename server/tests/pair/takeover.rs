@@ -158,6 +158,23 @@ impl Pair {
             .wait_state("a", "waiting-for-giveback", NODE_START_MS_MAX)
             .await
             .expect("b sees a waiting for giveback");
+        // The check an operator runs first agrees once a's heartbeat says it waits.
+        let deadline = Instant::now() + Duration::from_millis(STATE_MS_MAX);
+        loop {
+            let (possible, answer) = self
+                .console(1)
+                .check_giveback("a")
+                .await
+                .expect("giveback check");
+            if possible {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "giveback to a never possible: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let t0 = Instant::now();
         let op = self
             .console(1)
