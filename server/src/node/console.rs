@@ -129,7 +129,7 @@ struct OperationTimer {
 
 impl OperationTimer {
     fn on_note(&mut self, note: &cluster::takeover::Note, now: std::time::Instant) {
-        use cluster::takeover::{Mode, Note};
+        use cluster::takeover::{Mode, Note, Reason};
         use web_ui::metrics::{HaMode, HaOperationEnded};
         use web_ui::OperationKind;
         match *note {
@@ -148,6 +148,14 @@ impl OperationTimer {
             Note::State(StateCode::GivingBack) => {
                 self.running = Some((OperationKind::Giveback, HaMode::Graceful, now));
             }
+            // A new request refused (the machine is busy, or a giveback asked at the wrong
+            // time) ends no operation that is already running.
+            Note::Aborted(
+                Reason::Busy
+                | Reason::UnknownNode
+                | Reason::NotInTakeover
+                | Reason::VictimNotWaiting,
+            ) if self.running.is_some() => {}
             Note::State(StateCode::InTakeover) | Note::GivebackComplete(_) | Note::Aborted(_) => {
                 self.countdown_expired = false;
                 if let Some((kind, mode, since)) = self.running.take() {
@@ -1199,6 +1207,11 @@ mod tests {
         assert_eq!(
             modes_of(&[Note::CountdownExpired, forced, done]),
             vec![(HaMode::Forced, true, 1.0)]
+        );
+        // A request refused while a takeover runs does not end it.
+        assert_eq!(
+            modes_of(&[forced, Note::Aborted(cluster::takeover::Reason::Busy), done]),
+            vec![(HaMode::Immediate, true, 2.0)]
         );
         // An expiry that ended in an abort does not mark the next attempt.
         assert_eq!(

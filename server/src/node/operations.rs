@@ -140,10 +140,15 @@ impl Operations {
     }
 
     /// Whether `target` (node `to`) can get its identity back now: its partner holds it
-    /// in takeover, and it waits for giveback. Read from the heartbeat states; changes nothing.
+    /// in takeover, and it waits for giveback, as the heartbeats say while the interconnect
+    /// is up (a partner not heard from is "not connected"). Changes nothing.
     pub fn check_giveback(&self, target: &str, to: NodeId) -> CheckResult {
         let snap = self.ha.snapshot();
-        let partner = snap.partner.map(|h| h.state);
+        // The partner's last heartbeat stays in the snapshot after the link goes down.
+        let partner = snap
+            .partner
+            .filter(|_| snap.interconnect_alive)
+            .map(|h| h.state);
         let (taker_state, victim_state) = if to == self.ha.me {
             (partner, Some(snap.state))
         } else {
