@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use twinfiler::lab::console::{Console, Mode};
+use twinfiler::lab::console::{Check, Console, Mode};
 use twinfiler::lab::netns::{self, NetLab};
 use twinfiler::lab::process::NodeProc;
 use twinfiler::lab::{PairAddrs, PairOptions, PairSpec};
@@ -230,17 +230,10 @@ async fn ready(b: &Bench) -> anyhow::Result<()> {
             b.console(i).wait_state(n, "normal", STATE_MS_MAX).await?;
         }
     }
-    let deadline = Instant::now() + Duration::from_millis(STATE_MS_MAX);
-    loop {
-        let (possible, answer) = b.console(1).check("a").await?;
-        if possible {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("takeover of a never became possible: {answer}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    b.console(1)
+        .wait_possible(Check::Takeover, "a", STATE_MS_MAX)
+        .await?;
+    Ok(())
 }
 
 async fn giveback(b: &Bench, c: &Client) -> anyhow::Result<f64> {

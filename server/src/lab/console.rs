@@ -14,11 +14,29 @@ use super::LabError;
 /// How a takeover is asked.
 pub use web_ui::TakeoverMode as Mode;
 
+/// Which check [`Console::wait_possible`] asks.
+#[derive(Debug, Clone, Copy)]
+pub enum Check {
+    /// `POST /api/v1/takeover/check`.
+    Takeover,
+    /// `POST /api/v1/giveback/check`.
+    Giveback,
+}
+
 /// How often an operation or a state is polled.
 const POLL_MS: u64 = 50;
 
-fn console_error(e: ClientError) -> LabError {
-    LabError::Console(e.to_string())
+/// What a request to the console at `url` was for, and what went wrong.
+fn console_error(url: &str, what: &str) -> impl FnOnce(ClientError) -> LabError {
+    let context = format!("{what} at {url}");
+    move |e| LabError::Console(format!("{context}: {e}"))
+}
+
+/// The answer to a check, with its whole JSON for messages.
+fn with_json(answer: web_ui::CheckResult, what: &str) -> Result<(bool, Value), LabError> {
+    let value =
+        serde_json::to_value(&answer).map_err(|e| LabError::Console(format!("{what}: {e}")))?;
+    Ok((answer.possible, value))
 }
 
 /// A console client.
@@ -31,7 +49,7 @@ impl Console {
     /// A client of the console at `url` with an API token.
     pub fn new(url: &str, token: &str) -> Result<Console, LabError> {
         Ok(Console {
-            api: ApiClient::new(url, token).map_err(console_error)?,
+            api: ApiClient::new(url, token).map_err(console_error(url, "client"))?,
         })
     }
 
@@ -42,7 +60,11 @@ impl Console {
 
     /// `GET /api/v1/status`.
     pub async fn status(&self) -> Result<Value, LabError> {
-        let text = self.api.status_text().await.map_err(console_error)?;
+        let text = self
+            .api
+            .status_text()
+            .await
+            .map_err(console_error(self.url(), "status"))?;
         serde_json::from_str(&text)
             .map_err(|e| LabError::Console(format!("status at {}: {e}: {text}", self.url())))
     }
@@ -57,26 +79,24 @@ impl Console {
 
     /// `POST /api/v1/takeover/check`: (possible, the whole answer).
     pub async fn check(&self, target: &str) -> Result<(bool, Value), LabError> {
+        let what = format!("takeover check of {target}");
         let answer = self
             .api
             .check_takeover(target)
             .await
-            .map_err(console_error)?;
-        let value = serde_json::to_value(&answer)
-            .map_err(|e| LabError::Console(format!("takeover check: {e}")))?;
-        Ok((answer.possible, value))
+            .map_err(console_error(self.url(), &what))?;
+        with_json(answer, &what)
     }
 
     /// `POST /api/v1/giveback/check`: (possible, the whole answer).
     pub async fn check_giveback(&self, target: &str) -> Result<(bool, Value), LabError> {
+        let what = format!("giveback check of {target}");
         let answer = self
             .api
             .check_giveback(target)
             .await
-            .map_err(console_error)?;
-        let value = serde_json::to_value(&answer)
-            .map_err(|e| LabError::Console(format!("giveback check: {e}")))?;
-        Ok((answer.possible, value))
+            .map_err(console_error(self.url(), &what))?;
+        with_json(answer, &what)
     }
 
     /// `POST /api/v1/takeover`; returns the operation id, or the refusal.
@@ -85,7 +105,10 @@ impl Console {
             .api
             .start_takeover(target, mode)
             .await
-            .map_err(console_error)?;
+            .map_err(console_error(
+                self.url(),
+                &format!("takeover of {target} ({mode:?})"),
+            ))?;
         Ok(accepted.operation.0)
     }
 
@@ -95,7 +118,7 @@ impl Console {
             .api
             .start_giveback(target)
             .await
-            .map_err(console_error)?;
+            .map_err(console_error(self.url(), &format!("giveback to {target}")))?;
         Ok(accepted.operation.0)
     }
 
@@ -107,15 +130,18 @@ impl Console {
         let mut last = Value::Null;
         while Instant::now() < deadline {
             match self.api.operation(OperationId(id)).await {
-                Ok(p) => match &p.outcome {
-                    Some(Outcome::Succeeded) => return Ok(()),
-                    Some(Outcome::Failed { reason }) => {
-                        return Err(LabError::Console(format!(
-                            "operation {id} failed: {reason}"
-                        )))
+                Ok(p) => {
+                    let progress = serde_json::to_value(&p).unwrap_or(Value::Null);
+                    match &p.outcome {
+                        Some(Outcome::Succeeded) => return Ok(()),
+                        Some(Outcome::Failed { reason }) => {
+                            return Err(LabError::Console(format!(
+                                "operation {id} failed: {reason}; progress: {progress}"
+                            )))
+                        }
+                        None => last = progress,
                     }
-                    None => last = serde_json::to_value(&p).unwrap_or(Value::Null),
-                },
+                }
                 Err(e) => last = json!({ "error": e.to_string() }),
             }
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
@@ -123,6 +149,32 @@ impl Console {
         Err(LabError::Console(format!(
             "operation {id} did not finish within {wait_ms} ms; last: {last}"
         )))
+    }
+
+    /// Asks `check` of `target` until it says possible (bounded); the last answer is in
+    /// the error.
+    pub async fn wait_possible(
+        &self,
+        check: Check,
+        target: &str,
+        wait_ms: u64,
+    ) -> Result<(), LabError> {
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        loop {
+            let (possible, answer) = match check {
+                Check::Takeover => self.check(target).await?,
+                Check::Giveback => self.check_giveback(target).await?,
+            };
+            if possible {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Console(format!(
+                    "{check:?} of {target} not possible within {wait_ms} ms: {answer}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
     }
 
     /// Polls until node `name`'s state is `state` (bounded).

@@ -2,7 +2,9 @@
 //! `ip netns exec`, which execs the node so the child's pid is the node's), waited for
 //! (bounded), stopped with SIGTERM, killed with SIGKILL, frozen with SIGSTOP. Dropping a
 //! [`NodeProc`] kills the node; the node also dies with its parent (PR_SET_PDEATHSIG), so a
-//! test that panics or is killed leaves no node behind.
+//! test that panics or is killed leaves no node behind. "Parent" is the spawning *thread*:
+//! spawn from a thread that lives as long as the node (a test's or the runtime's own), never
+//! from a pool thread that may exit while idle (`spawn_blocking`).
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;

@@ -183,7 +183,7 @@ impl NodeProcess {
     /// line.
     pub fn spawn(config: &Path, log: &Path) -> NodeProcess {
         let exe = Path::new(env!("CARGO_BIN_EXE_twinfiler"));
-        let mut proc_ = NodeProc::spawn_config(exe, "node", config, log.to_owned(), None)
+        let mut proc_ = NodeProc::spawn_config(exe, "under test", config, log.to_owned(), None)
             .expect("spawn twinfiler node");
         let line = proc_
             .wait_serving(PROCESS_START_MS_MAX)

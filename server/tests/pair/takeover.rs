@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use twinfiler::lab::console::{node_field, Console, Mode};
+use twinfiler::lab::console::{node_field, Check, Console, Mode};
 use twinfiler::lab::netns::{self, NetLab};
 use twinfiler::lab::process::NodeProc;
 use twinfiler::lab::{PairAddrs, PairOptions, PairSpec};
@@ -117,18 +117,10 @@ impl Pair {
                     .expect("pair normal");
             }
         }
-        let deadline = Instant::now() + Duration::from_millis(PAIR_READY_MS_MAX);
-        loop {
-            let (possible, answer) = self.console(1).check("a").await.expect("takeover check");
-            if possible {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "takeover of a never became possible: {answer}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.console(1)
+            .wait_possible(Check::Takeover, "a", PAIR_READY_MS_MAX)
+            .await
+            .expect("takeover of a possible");
     }
 
     async fn run_op(&self, console: usize, op: u64, what: &str) {
@@ -159,22 +151,10 @@ impl Pair {
             .await
             .expect("b sees a waiting for giveback");
         // The check an operator runs first agrees once a's heartbeat says it waits.
-        let deadline = Instant::now() + Duration::from_millis(STATE_MS_MAX);
-        loop {
-            let (possible, answer) = self
-                .console(1)
-                .check_giveback("a")
-                .await
-                .expect("giveback check");
-            if possible {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "giveback to a never possible: {answer}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.console(1)
+            .wait_possible(Check::Giveback, "a", STATE_MS_MAX)
+            .await
+            .expect("giveback to a possible");
         let t0 = Instant::now();
         let op = self
             .console(1)
