@@ -404,7 +404,7 @@ impl Nvlog {
     }
 
     /// [`Self::append`] of the concatenation of `parts` (see [`Self::submit_parts`]).
-    pub async fn append_parts(&self, kind: u16, parts: &[&[u8]]) -> Result<u64, AppendError> {
+    async fn append_parts(&self, kind: u16, parts: &[&[u8]]) -> Result<u64, AppendError> {
         let bound = Duration::from_millis(self.backpressure_wait_ms_max());
         let deadline = Instant::now() + bound;
         let mut counted = false;

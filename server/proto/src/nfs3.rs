@@ -744,7 +744,8 @@ pub struct WriteArgs {
     pub file: NfsFh3,
     /// Byte offset.
     pub offset: u64,
-    /// Bytes the client says it sends (must equal the data length; the handler checks).
+    /// Bytes to write (RFC 1813): the handler writes at most this many of the data sent,
+    /// and never more than were sent.
     pub count: u32,
     /// Durability asked for.
     pub stable: StableHow,
