@@ -111,6 +111,9 @@ pub struct ClusterSpec {
     pub heartbeat_loss_ms: u64,
     /// Default graceful countdown, ms.
     pub countdown_ms: u64,
+    /// Give back by itself this long after the partner waits for it, ms; `None`: only
+    /// when an operator asks.
+    pub auto_giveback_delay_ms: Option<u64>,
 }
 
 /// Everything of one node's configuration the lab varies.
@@ -218,14 +221,18 @@ impl NodeSpec {
                 .map(|(l, p)| format!("{{ local = \"{l}\", peer = \"{p}\" }}"))
                 .collect();
             t.push_str(&format!(
-                "[cluster]\nnode_id = {}\npartner_config = \"{}\"\nlinks = [{}]\nheartbeat_interval_ms = {}\nheartbeat_loss_ms = {}\ncountdown_ms = {}\nauto_giveback = false\nhard_takeover = true\n",
+                "[cluster]\nnode_id = {}\npartner_config = \"{}\"\nlinks = [{}]\nheartbeat_interval_ms = {}\nheartbeat_loss_ms = {}\ncountdown_ms = {}\nauto_giveback = {}\nhard_takeover = true\n",
                 c.node_id,
                 c.partner_config,
                 links.join(", "),
                 c.heartbeat_interval_ms,
                 c.heartbeat_loss_ms,
                 c.countdown_ms,
+                c.auto_giveback_delay_ms.is_some(),
             ));
+            if let Some(ms) = c.auto_giveback_delay_ms {
+                t.push_str(&format!("auto_giveback_delay_ms = {ms}\n"));
+            }
             if let Some(i) = &c.data_interface {
                 t.push_str(&format!("data_interface = \"{i}\"\n"));
             }
@@ -366,6 +373,8 @@ pub struct PairOptions {
     pub heartbeat_loss_ms: u64,
     /// Default graceful countdown, ms.
     pub countdown_ms: u64,
+    /// Automatic giveback after this delay, ms (`None`: off, as in the lab's default).
+    pub auto_giveback_delay_ms: Option<u64>,
 }
 
 impl Default for PairOptions {
@@ -378,6 +387,7 @@ impl Default for PairOptions {
             heartbeat_interval_ms: 100,
             heartbeat_loss_ms: 1_000,
             countdown_ms: 30_000,
+            auto_giveback_delay_ms: None,
         }
     }
 }
@@ -434,6 +444,7 @@ impl PairSpec {
                     heartbeat_interval_ms: o.heartbeat_interval_ms,
                     heartbeat_loss_ms: o.heartbeat_loss_ms,
                     countdown_ms: o.countdown_ms,
+                    auto_giveback_delay_ms: o.auto_giveback_delay_ms,
                 }),
                 data_disks: o.data_disks,
                 disk_mib: o.disk_mib,

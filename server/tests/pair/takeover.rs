@@ -25,6 +25,8 @@ const STATE_MS_MAX: u64 = 30_000;
 const FORCED_COUNTDOWN_S: u32 = 2;
 /// Countdown of graceful takeovers, s (a responsive victim must finish well before).
 const GRACEFUL_COUNTDOWN_S: u32 = 30;
+/// Delay of the automatic giveback scenario, ms.
+const AUTO_GIVEBACK_DELAY_MS: u64 = 2_000;
 /// How long the cut interconnect is watched for a (wrong) takeover, ms.
 const CUT_WATCH_MS: u64 = 4_000;
 
@@ -49,14 +51,10 @@ struct Pair {
 }
 
 impl Pair {
-    fn start(tag: &str) -> Pair {
+    fn start(tag: &str, opts: &PairOptions) -> Pair {
         let dir = temp_dir("twinfiler-pair-");
         let lab = NetLab::setup(tag).expect("network namespaces");
-        let opts = PairOptions {
-            disk_mib: 128,
-            ..PairOptions::default()
-        };
-        let spec = PairSpec::write(dir.path(), &PairAddrs::netns(), &opts).expect("pair configs");
+        let spec = PairSpec::write(dir.path(), &PairAddrs::netns(), opts).expect("pair configs");
         let mut pair = Pair {
             procs: [None, None],
             tag: tag.to_string(),
@@ -184,13 +182,29 @@ impl Drop for Pair {
 }
 
 /// Runs `scenario` with a started pair and a client runtime in the client namespace.
+/// The pair of most scenarios: small disks, giveback only when asked.
+fn pair_options() -> PairOptions {
+    PairOptions {
+        disk_mib: 128,
+        ..PairOptions::default()
+    }
+}
+
 fn with_pair(tag: &str, scenario: impl AsyncFnOnce(&mut Pair, &Writer) + Send) {
+    with_pair_options(tag, &pair_options(), scenario);
+}
+
+fn with_pair_options(
+    tag: &str,
+    opts: &PairOptions,
+    scenario: impl AsyncFnOnce(&mut Pair, &Writer) + Send,
+) {
     if let Some(why) = skip_reason() {
         eprintln!("skipped: {why}");
         return;
     }
     let _serial = serial();
-    let mut pair = Pair::start(tag);
+    let mut pair = Pair::start(tag, opts);
     let client_ns = pair.lab.ns("c");
     run_client(Some(&client_ns), || async {
         pair.ready().await;
@@ -284,6 +298,39 @@ fn killed_node_is_taken_over_within_the_detection_bound() {
         w.progress("kill -9 of a").await;
         w.pause_since("hard takeover (kill -9, detection included)", t0);
         pair.restart_a_then_give_back(w).await;
+    });
+}
+
+#[test]
+fn killed_node_gets_its_identity_back_by_itself_with_auto_giveback() {
+    let opts = PairOptions {
+        auto_giveback_delay_ms: Some(AUTO_GIVEBACK_DELAY_MS),
+        ..pair_options()
+    };
+    with_pair_options("auto", &opts, async |pair, w| {
+        pair.procs[0].take().expect("a running").kill9();
+        pair.console(1)
+            .wait_state("b", "in-takeover", STATE_MS_MAX)
+            .await
+            .expect("hard takeover by b");
+        w.progress("kill -9 of a").await;
+        pair.spawn(0);
+        pair.console(0)
+            .wait_state("a", "waiting-for-giveback", NODE_START_MS_MAX)
+            .await
+            .expect("restarted victim waits for giveback");
+        // No operator from here on: b gives a its identity back after the delay.
+        let t0 = Instant::now();
+        pair.console(1)
+            .wait_state("a", "normal", AUTO_GIVEBACK_DELAY_MS + OPERATION_MS_MAX)
+            .await
+            .expect("a normal again without an operator");
+        pair.console(1)
+            .wait_state("b", "normal", STATE_MS_MAX)
+            .await
+            .expect("b normal after the automatic giveback");
+        w.progress("automatic giveback").await;
+        w.pause_since("automatic giveback", t0);
     });
 }
 
