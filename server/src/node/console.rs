@@ -31,7 +31,7 @@ use web_ui::{
 
 use super::ha::{HaShared, HaSnapshot};
 use super::identity::Published;
-use super::operations::Operations;
+use super::operations::{node_state, Operations};
 use super::NodeError;
 use crate::config::NodeConfig;
 use cluster::takeover::StateCode;
@@ -768,23 +768,6 @@ fn empty_card(name: &str, state: NodeState) -> NodeStatus {
         exports: Vec::new(),
         clients: Vec::new(),
         samples: Vec::new(),
-    }
-}
-
-/// The console's word for a machine state.
-pub(super) fn node_state(s: StateCode) -> NodeState {
-    match s {
-        StateCode::Normal | StateCode::AskedPartner => NodeState::Normal,
-        StateCode::TakeoverCheck => NodeState::TakeoverCheck,
-        StateCode::WaitingForShutdown => NodeState::WaitingForShutdown,
-        StateCode::TakingOver | StateCode::Starting | StateCode::ReceivingGiveback => {
-            NodeState::TakingOver
-        }
-        StateCode::InTakeover => NodeState::InTakeover,
-        StateCode::Draining | StateCode::HandingOff => NodeState::Draining,
-        StateCode::WaitingForGiveback => NodeState::WaitingForGiveback,
-        StateCode::GivingBack => NodeState::GivingBack,
-        StateCode::Booting => NodeState::Down,
     }
 }
 

@@ -16,8 +16,8 @@ use cluster::takeover::{Note, OperatorRequest, StateCode, Step as MStep};
 use cluster::NodeId;
 use tokio::sync::{broadcast, watch};
 use web_ui::{
-    BackendError, CheckItem, CheckResult, OperationId, OperationKind, Outcome, Progress, Step,
-    StepState,
+    BackendError, CheckItem, CheckResult, NodeState, OperationId, OperationKind, Outcome, Progress,
+    Step, StepState,
 };
 
 use super::ha::{HaShared, NoteAt};
@@ -154,9 +154,7 @@ impl Operations {
         } else {
             (Some(snap.state), partner)
         };
-        let label = |s: Option<StateCode>| {
-            s.map_or("not connected", |s| super::console::node_state(s).label())
-        };
+        let label = |s: Option<StateCode>| s.map_or("not connected", |s| node_state(s).label());
         let checks = vec![
             CheckItem {
                 name: "identity taken over".into(),
@@ -541,5 +539,22 @@ async fn follow(
             Note::State(StateCode::Normal) if giveback => return Outcome::Succeeded,
             _ => {}
         }
+    }
+}
+
+/// The console's word for a machine state.
+pub(super) fn node_state(s: StateCode) -> NodeState {
+    match s {
+        StateCode::Normal | StateCode::AskedPartner => NodeState::Normal,
+        StateCode::TakeoverCheck => NodeState::TakeoverCheck,
+        StateCode::WaitingForShutdown => NodeState::WaitingForShutdown,
+        StateCode::TakingOver | StateCode::Starting | StateCode::ReceivingGiveback => {
+            NodeState::TakingOver
+        }
+        StateCode::InTakeover => NodeState::InTakeover,
+        StateCode::Draining | StateCode::HandingOff => NodeState::Draining,
+        StateCode::WaitingForGiveback => NodeState::WaitingForGiveback,
+        StateCode::GivingBack => NodeState::GivingBack,
+        StateCode::Booting => NodeState::Down,
     }
 }
