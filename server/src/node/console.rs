@@ -31,7 +31,7 @@ use web_ui::{
 
 use super::ha::{HaShared, HaSnapshot};
 use super::identity::Published;
-use super::operations::{node_state, Operations};
+use super::operations::{node_state, refuses_another_request, Operations};
 use super::NodeError;
 use crate::config::NodeConfig;
 use cluster::takeover::StateCode;
@@ -129,7 +129,7 @@ struct OperationTimer {
 
 impl OperationTimer {
     fn on_note(&mut self, note: &cluster::takeover::Note, now: std::time::Instant) {
-        use cluster::takeover::{Mode, Note, Reason};
+        use cluster::takeover::{Mode, Note};
         use web_ui::metrics::{HaMode, HaOperationEnded};
         use web_ui::OperationKind;
         match *note {
@@ -148,14 +148,7 @@ impl OperationTimer {
             Note::State(StateCode::GivingBack) => {
                 self.running = Some((OperationKind::Giveback, HaMode::Graceful, now));
             }
-            // A new request refused (the machine is busy, or a giveback asked at the wrong
-            // time) ends no operation that is already running.
-            Note::Aborted(
-                Reason::Busy
-                | Reason::UnknownNode
-                | Reason::NotInTakeover
-                | Reason::VictimNotWaiting,
-            ) if self.running.is_some() => {}
+            note if self.running.is_some() && refuses_another_request(&note) => {}
             Note::State(StateCode::InTakeover) | Note::GivebackComplete(_) | Note::Aborted(_) => {
                 self.countdown_expired = false;
                 if let Some((kind, mode, since)) = self.running.take() {

@@ -467,6 +467,9 @@ async fn follow(
 ) -> Outcome {
     let deadline = Instant::now() + Duration::from_millis(bound_ms);
     let mut countdown_until: Option<Instant> = None;
+    // The machine has moved for this operation: refusals from here on answer other
+    // requests (a check clicked meanwhile), not this one.
+    let mut accepted = false;
     let mut refresh = tokio::time::interval(Duration::from_millis(REFRESH_MS));
     loop {
         let at = tokio::select! {
@@ -492,6 +495,12 @@ async fn follow(
                 }
             }
         };
+        if accepted && refuses_another_request(&at.note) {
+            continue;
+        }
+        if matches!(at.note, Note::State(s) if s != StateCode::Normal) {
+            accepted = true;
+        }
         if matches!(at.note, Note::Sent("PLEASE_SHUTDOWN")) && countdown_until.is_none() {
             countdown_until = Some(Instant::now() + Duration::from_millis(countdown_ms));
         }
@@ -542,6 +551,21 @@ async fn follow(
     }
 }
 
+/// Whether `note` is the machine refusing a new operator request while it is busy with
+/// another (or a giveback asked at the wrong time): it ends no operation already running.
+/// An operation's own check never reports "busy" once the machine moved for it.
+pub(super) fn refuses_another_request(note: &Note) -> bool {
+    use cluster::takeover::Reason;
+    match note {
+        Note::Aborted(r) => matches!(
+            r,
+            Reason::Busy | Reason::UnknownNode | Reason::NotInTakeover | Reason::VictimNotWaiting
+        ),
+        Note::Checked(r) => r.contains(Reason::Busy),
+        _ => false,
+    }
+}
+
 /// The console's word for a machine state.
 pub(super) fn node_state(s: StateCode) -> NodeState {
     match s {
@@ -556,5 +580,61 @@ pub(super) fn node_state(s: StateCode) -> NodeState {
         StateCode::WaitingForGiveback => NodeState::WaitingForGiveback,
         StateCode::GivingBack => NodeState::GivingBack,
         StateCode::Booting => NodeState::Down,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster::takeover::{Reason, Reasons};
+
+    async fn outcome_of(notes: Vec<Note>) -> Outcome {
+        let (tx, _rx) = watch::channel(Progress {
+            id: OperationId(1),
+            kind: OperationKind::Takeover,
+            target: "a".into(),
+            actor: "test".into(),
+            steps: Vec::new(),
+            outcome: None,
+        });
+        let (ntx, nrx) = broadcast::channel(64);
+        for note in notes {
+            ntx.send(NoteAt {
+                at_unix_ms: 0,
+                note,
+            })
+            .expect("receiver alive");
+        }
+        follow(&tx, nrx, false, 2_000, 0).await
+    }
+
+    fn busy() -> Reasons {
+        let mut r = Reasons::default();
+        r.add(Reason::Busy);
+        r
+    }
+
+    #[tokio::test]
+    async fn a_check_refused_meanwhile_does_not_end_a_running_takeover() {
+        let outcome = outcome_of(vec![
+            Note::State(StateCode::TakeoverCheck),
+            Note::Checked(Reasons::default()),
+            Note::State(StateCode::TakingOver),
+            // An operator clicks "check" while the takeover runs.
+            Note::Checked(busy()),
+            Note::Aborted(Reason::Busy),
+            Note::State(StateCode::InTakeover),
+        ])
+        .await;
+        assert_eq!(outcome, Outcome::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_before_the_machine_moved_is_the_operations_own() {
+        let outcome = outcome_of(vec![Note::Checked(busy()), Note::Aborted(Reason::Busy)]).await;
+        assert!(
+            matches!(outcome, Outcome::Failed { ref reason } if reason.contains("impossible")),
+            "{outcome:?}"
+        );
     }
 }

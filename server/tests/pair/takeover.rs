@@ -231,6 +231,16 @@ async fn graceful(pair: &mut Pair, w: &Writer, asked_at: usize) {
         )
         .await
         .expect("takeover accepted");
+    // A check asked meanwhile is refused (busy) and must not end the running takeover.
+    let (possible, _) = pair
+        .console(asked_at)
+        .check("a")
+        .await
+        .expect("takeover check");
+    assert!(
+        !possible,
+        "a second takeover is not possible while one runs"
+    );
     pair.run_op(asked_at, op, "graceful takeover").await;
     w.progress("graceful takeover").await;
     let pause = w.pause_since("graceful takeover", t0);
