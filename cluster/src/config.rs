@@ -79,7 +79,10 @@ impl TakeoverConfig {
     }
 
     /// The countdown a takeover asked with `countdown_ms` runs: within
-    /// [`Self::countdown_ms_min`] and `countdown_ms_max`.
+    /// [`Self::countdown_ms_min`] and `countdown_ms_max`. Below two detection bounds an
+    /// expiry could not tell a hung victim (take it over by force) from a cut interconnect
+    /// (do nothing): the mailbox needs `heartbeat_loss_ms` of unchanged reads to call the
+    /// victim silent.
     pub fn clamp_countdown(&self, countdown_ms: u64) -> u64 {
         countdown_ms
             .max(self.countdown_ms_min())

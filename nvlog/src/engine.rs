@@ -400,17 +400,12 @@ impl Nvlog {
 
     /// Appends a record, waiting (counted) for a CP while both halves are full.
     pub async fn append(&self, kind: u16, payload: &[u8]) -> Result<u64, AppendError> {
-        self.append_parts(kind, &[payload]).await
-    }
-
-    /// [`Self::append`] of the concatenation of `parts` (see [`Self::submit_parts`]).
-    async fn append_parts(&self, kind: u16, parts: &[&[u8]]) -> Result<u64, AppendError> {
         let bound = Duration::from_millis(self.backpressure_wait_ms_max());
         let deadline = Instant::now() + bound;
         let mut counted = false;
         loop {
             // Fast path without registering for the space notification (a mutex in Notify).
-            match self.submit_parts(kind, parts) {
+            match self.submit(kind, payload) {
                 Err(AppendError::Full) => {}
                 Ok(durable) => return durable.await,
                 Err(e) => return Err(e),
@@ -419,7 +414,7 @@ impl Nvlog {
             tokio::pin!(notified);
             notified.as_mut().enable();
             // Retry once registered, so a release between the two calls is not missed.
-            match self.submit_parts(kind, parts) {
+            match self.submit(kind, payload) {
                 Ok(durable) => return durable.await,
                 Err(AppendError::Full) => {
                     if !counted {

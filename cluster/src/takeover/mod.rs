@@ -1013,9 +1013,6 @@ impl Takeover {
         }
     }
 
-    /// A countdown within bounds. Below two detection bounds an expiry could not tell a
-    /// hung victim (take it over by force) from a cut interconnect (do nothing): the mailbox
-    /// needs `heartbeat_loss_ms` of unchanged reads to call the victim silent.
     fn begin_draining(&mut self, epoch: u64, countdown_ms: u64) {
         self.persisted.epoch_seen_max = epoch;
         self.emit_persist();

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use tokio::signal::unix::{signal, SignalKind};
+use twinfiler::lab::{ensure_pair_key_file, write_secret};
 use web_ui::PairStatus;
 
 /// Data disks of each aggregate (one parity disk and one spare are added).
@@ -150,7 +151,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     } else {
         HIGH_PORTS
     };
-    ensure_pair_key(&dir.join("pair.key"))?;
+    ensure_pair_key_file(&dir.join("pair.key"))?;
     let creds = load_or_make_credentials(&dir)?;
     let mut configs = Vec::new();
     for m in &MEMBERS {
@@ -214,16 +215,6 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     stopped
 }
 
-/// Creates the pair key (mode 0600) unless it exists.
-fn ensure_pair_key(path: &Path) -> anyhow::Result<()> {
-    Ok(twinfiler::lab::ensure_pair_key_file(path)?)
-}
-
-/// Writes `path` with mode 0600 (replacing it), synced.
-fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    Ok(twinfiler::lab::write_secret(path, bytes)?)
-}
-
 /// Reads `DIR/credentials`, or makes new credentials and writes it.
 fn load_or_make_credentials(dir: &Path) -> anyhow::Result<Credentials> {
     let path = dir.join("credentials");
@@ -267,7 +258,8 @@ fn write_env(dir: &Path, url: &str, token: &str) -> anyhow::Result<()> {
     write_secret(
         &dir.join("env"),
         format!("export TWINFILER_URL={url}\nexport TWINFILER_TOKEN={token}\n").as_bytes(),
-    )
+    )?;
+    Ok(())
 }
 
 /// The NVRAM region of a node: under /dev/shm, named after the demo dir so two demos in

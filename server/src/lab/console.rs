@@ -32,13 +32,6 @@ fn console_error(url: &str, what: &str) -> impl FnOnce(ClientError) -> LabError 
     move |e| LabError::Console(format!("{context}: {e}"))
 }
 
-/// The answer to a check, with its whole JSON for messages.
-fn with_json(answer: web_ui::CheckResult, what: &str) -> Result<(bool, Value), LabError> {
-    let value =
-        serde_json::to_value(&answer).map_err(|e| LabError::Console(format!("{what}: {e}")))?;
-    Ok((answer.possible, value))
-}
-
 /// A console client.
 #[derive(Clone)]
 pub struct Console {
@@ -77,26 +70,17 @@ impl Console {
             .ok_or_else(|| LabError::Console(format!("no state of node {name} in {s}")))
     }
 
-    /// `POST /api/v1/takeover/check`: (possible, the whole answer).
-    pub async fn check(&self, target: &str) -> Result<(bool, Value), LabError> {
-        let what = format!("takeover check of {target}");
-        let answer = self
-            .api
-            .check_takeover(target)
-            .await
-            .map_err(console_error(self.url(), &what))?;
-        with_json(answer, &what)
-    }
-
-    /// `POST /api/v1/giveback/check`: (possible, the whole answer).
-    pub async fn check_giveback(&self, target: &str) -> Result<(bool, Value), LabError> {
-        let what = format!("giveback check of {target}");
-        let answer = self
-            .api
-            .check_giveback(target)
-            .await
-            .map_err(console_error(self.url(), &what))?;
-        with_json(answer, &what)
+    /// Asks `check` of `target` (changes nothing): (possible, the whole answer).
+    pub async fn check(&self, check: Check, target: &str) -> Result<(bool, Value), LabError> {
+        let what = format!("{check:?} check of {target}");
+        let answer = match check {
+            Check::Takeover => self.api.check_takeover(target).await,
+            Check::Giveback => self.api.check_giveback(target).await,
+        }
+        .map_err(console_error(self.url(), &what))?;
+        let value =
+            serde_json::to_value(&answer).map_err(|e| LabError::Console(format!("{what}: {e}")))?;
+        Ok((answer.possible, value))
     }
 
     /// `POST /api/v1/takeover`; returns the operation id, or the refusal.
@@ -161,10 +145,7 @@ impl Console {
     ) -> Result<(), LabError> {
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         loop {
-            let (possible, answer) = match check {
-                Check::Takeover => self.check(target).await?,
-                Check::Giveback => self.check_giveback(target).await?,
-            };
+            let (possible, answer) = self.check(check, target).await?;
             if possible {
                 return Ok(());
             }

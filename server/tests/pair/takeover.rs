@@ -131,13 +131,30 @@ impl Pair {
         }
     }
 
-    /// Starts the victim a again, sees it wait for giveback, and gives back to it.
-    async fn restart_a_then_give_back(&mut self, w: &Writer) {
+    /// kill -9 of a; returns the kill's time once b has taken a over.
+    async fn kill_a_until_taken_over(&mut self, w: &Writer) -> Instant {
+        self.procs[0].take().expect("a running").kill9();
+        let t0 = Instant::now();
+        self.console(1)
+            .wait_state("b", "in-takeover", STATE_MS_MAX)
+            .await
+            .expect("hard takeover by b");
+        w.progress("kill -9 of a").await;
+        t0
+    }
+
+    /// Starts the victim a again and sees it wait for giveback.
+    async fn restart_a(&mut self) {
         self.spawn(0);
         self.console(0)
             .wait_state("a", "waiting-for-giveback", NODE_START_MS_MAX)
             .await
             .expect("restarted victim waits for giveback");
+    }
+
+    /// Starts the victim a again, sees it wait for giveback, and gives back to it.
+    async fn restart_a_then_give_back(&mut self, w: &Writer) {
+        self.restart_a().await;
         self.giveback_to_a(w).await;
     }
 
@@ -234,7 +251,7 @@ async fn graceful(pair: &mut Pair, w: &Writer, asked_at: usize) {
     // A check asked meanwhile is refused (busy) and must not end the running takeover.
     let (possible, _) = pair
         .console(asked_at)
-        .check("a")
+        .check(Check::Takeover, "a")
         .await
         .expect("takeover check");
     assert!(
@@ -299,13 +316,7 @@ fn hung_victim_is_taken_over_when_the_countdown_expires() {
 #[test]
 fn killed_node_is_taken_over_within_the_detection_bound() {
     with_pair("kill", async |pair, w| {
-        pair.procs[0].take().expect("a running").kill9();
-        let t0 = Instant::now();
-        pair.console(1)
-            .wait_state("b", "in-takeover", STATE_MS_MAX)
-            .await
-            .expect("hard takeover by b");
-        w.progress("kill -9 of a").await;
+        let t0 = pair.kill_a_until_taken_over(w).await;
         w.pause_since("hard takeover (kill -9, detection included)", t0);
         pair.restart_a_then_give_back(w).await;
     });
@@ -318,17 +329,8 @@ fn killed_node_gets_its_identity_back_by_itself_with_auto_giveback() {
         ..pair_options()
     };
     with_pair_options("auto", &opts, async |pair, w| {
-        pair.procs[0].take().expect("a running").kill9();
-        pair.console(1)
-            .wait_state("b", "in-takeover", STATE_MS_MAX)
-            .await
-            .expect("hard takeover by b");
-        w.progress("kill -9 of a").await;
-        pair.spawn(0);
-        pair.console(0)
-            .wait_state("a", "waiting-for-giveback", NODE_START_MS_MAX)
-            .await
-            .expect("restarted victim waits for giveback");
+        pair.kill_a_until_taken_over(w).await;
+        pair.restart_a().await;
         // No operator from here on: b gives a its identity back after the delay.
         let t0 = Instant::now();
         pair.console(1)
