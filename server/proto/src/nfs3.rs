@@ -692,11 +692,38 @@ impl Xdr for ReadResOk {
         out.put_opaque(&self.data);
     }
     fn decode(dec: &mut Decoder<'_>) -> XdrResult<Self> {
+        let span = ReadResOkSpan::decode(dec)?;
         Ok(ReadResOk {
+            file_attributes: span.file_attributes,
+            count: span.count,
+            eof: span.eof,
+            data: dec.buffer()[span.data].to_vec(),
+        })
+    }
+}
+
+/// READ success decoded without copying the data: a client that keeps the reply record
+/// hands out the slice `data` of it instead of a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResOkSpan {
+    /// File attributes.
+    pub file_attributes: PostOpAttr,
+    /// Bytes returned.
+    pub count: u32,
+    /// End of file reached.
+    pub eof: bool,
+    /// Where the data lies in the decoder's buffer (≤ [`IO_BYTES_MAX`] bytes).
+    pub data: Range<usize>,
+}
+
+impl ReadResOkSpan {
+    /// Decodes the READ3resok arm (the status already read).
+    pub fn decode(dec: &mut Decoder<'_>) -> XdrResult<Self> {
+        Ok(ReadResOkSpan {
             file_attributes: Xdr::decode(dec)?,
             count: dec.u32()?,
             eof: dec.bool()?,
-            data: dec.opaque_vec("READ data", IO_BYTES_MAX)?,
+            data: dec.opaque_range("READ data", IO_BYTES_MAX)?,
         })
     }
 }

@@ -785,6 +785,26 @@ fn read_reply_head_plus_data_decodes() {
     );
 }
 
+#[test]
+fn read_reply_span_points_into_the_record_and_checks_the_length() {
+    let data = b"seven b".to_vec();
+    let mut wire = ReplyHeader::success(9).to_vec_with_capacity(0);
+    let results_at = wire.len();
+    encode_read_ok_head(&mut wire, &None, false, data.len());
+    wire.extend_from_slice(&data);
+    wire.extend_from_slice(crate::xdr::padding(data.len()));
+    let mut dec = Decoder::new_at(&wire, results_at);
+    assert_eq!(NfsStat3::decode(&mut dec).unwrap(), NfsStat3::Ok);
+    let span = ReadResOkSpan::decode(&mut dec).unwrap();
+    dec.finish().unwrap();
+    assert_eq!((span.count, span.eof), (7, false));
+    assert_eq!(&wire[span.data], &data[..], "record-absolute range");
+    // A reply cut inside its data is an error, not a short slice.
+    let cut = &wire[..wire.len() - 4];
+    let mut dec = Decoder::new_at(cut, results_at + 4);
+    assert!(ReadResOkSpan::decode(&mut dec).is_err());
+}
+
 // ---------- portmap / rpcbind registry ----------
 
 fn ctx(may_modify: bool) -> CallContext<'static> {

@@ -1,4 +1,5 @@
-//! Reading RPC records from a TCP stream into buffers we own.
+//! Reading RPC records from a TCP stream into buffers we own: the server reads calls with
+//! it, and the node's NFS client (server/src/nfsclient) reads replies with it.
 //!
 //! The common case — a record sent as one final fragment — is taken straight out of the read
 //! buffer with `split_to`, so a 1 MiB WRITE arrives as one [`Bytes`] holding the bytes the
@@ -15,7 +16,7 @@ const LAST_FRAGMENT_BIT: u32 = 0x8000_0000;
 
 /// Why a stream cannot deliver more records. The connection must be closed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FrameError {
+pub enum FrameError {
     /// A fragment header broke a bound (size or count).
     #[error(transparent)]
     Record(#[from] RecordError),
@@ -33,7 +34,7 @@ pub(crate) enum FrameError {
 /// Frames records from a byte stream. Cancel-safe: all state lives in `self`, and the only
 /// await point is a `read_buf`, which either appended bytes or did nothing.
 #[derive(Debug)]
-pub(crate) struct RecordReader {
+pub struct RecordReader {
     buf: BytesMut,
     decoder: RecordDecoder,
     record_bytes_max: usize,
@@ -41,7 +42,9 @@ pub(crate) struct RecordReader {
 }
 
 impl RecordReader {
-    pub(crate) fn new(record_bytes_max: usize, read_buffer_bytes: usize) -> Self {
+    /// A reader of records up to `record_bytes_max` bytes that asks the socket for at least
+    /// `read_buffer_bytes` at a time.
+    pub fn new(record_bytes_max: usize, read_buffer_bytes: usize) -> Self {
         assert!(record_bytes_max > 0 && read_buffer_bytes > 0);
         RecordReader {
             buf: BytesMut::with_capacity(read_buffer_bytes),
@@ -52,13 +55,13 @@ impl RecordReader {
     }
 
     /// True if no byte of an unfinished record is held (closing now loses nothing).
-    pub(crate) fn is_idle(&self) -> bool {
+    pub fn is_idle(&self) -> bool {
         self.buf.is_empty() && self.decoder.is_idle()
     }
 
     /// The next record, or `None` at a clean end of stream. Every read is counted in
     /// `bytes_in`.
-    pub(crate) async fn next_record<R: AsyncRead + Unpin>(
+    pub async fn next_record<R: AsyncRead + Unpin>(
         &mut self,
         stream: &mut R,
         bytes_in: &std::sync::atomic::AtomicU64,
@@ -72,7 +75,7 @@ impl RecordReader {
             let wanted = self.bytes_wanted();
             self.buf.reserve(wanted.max(self.read_buffer_bytes));
             let n = stream.read_buf(&mut self.buf).await?;
-            super::stats::add(bytes_in, n);
+            bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             if n == 0 {
                 if self.is_idle() {
                     return Ok(None);

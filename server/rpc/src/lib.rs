@@ -8,6 +8,8 @@
 //! - [`server`]: [`RpcServer`], the TCP/UDP transport with explicit bounds
 //!   ([`ServerConfig`]), back-pressure, out-of-order replies and graceful stop.
 //! - [`portmap`]: [`PortmapService`], the portmapper/rpcbind program.
+//! - [`framing`]: [`framing::RecordReader`], TCP record marking into owned buffers (also
+//!   used by clients to read replies).
 //!
 //! A node builds one server per identity (address):
 //!
@@ -31,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+pub mod framing;
 pub mod portmap;
 pub mod server;
 

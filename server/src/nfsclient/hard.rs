@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rand::Rng as _;
 use twinfiler_proto::nfs3::{NfsStat3, NFS_PROGRAM};
 use twinfiler_proto::record::RECORD_MARK_BYTES;
@@ -322,7 +323,7 @@ impl HardConn {
         xid: u32,
         msg: &[u8],
         first_send: Instant,
-    ) -> Result<(Vec<u8>, bool), ClientError> {
+    ) -> Result<(Bytes, bool), ClientError> {
         let deadline = first_send + Duration::from_millis(self.opts.call_ms_max);
         let mut reconnected = false;
         let (mut conn, mut generation) = self.current().await?;

@@ -14,12 +14,13 @@ mod rpc;
 
 use std::net::{IpAddr, SocketAddr};
 
+use bytes::Bytes;
 use twinfiler_proto::mount::{DirPath, MountProc, MountRes3, MountStat3, MOUNT_PROGRAM, MOUNT_V3};
 use twinfiler_proto::nfs3::{
     self, CommitArgs, CommitRes, CreateArgs, CreateHow3, DirOpArgs3, DirOpRes, Fattr3, Filename3,
     GetattrArgs, GetattrRes, LookupArgs, LookupRes, MkdirArgs, Nfs3Proc, NfsFh3, NfsRes, NfsStat3,
-    ReadArgs, ReadRes, ReaddirArgs, ReaddirRes, RemoveArgs, RemoveRes, Sattr3, SetTime, StableHow,
-    WriteArgs, WriteRes, NFS_PROGRAM, NFS_V3,
+    ReadArgs, ReadResOkSpan, ReaddirArgs, ReaddirRes, RemoveArgs, RemoveRes, Sattr3, SetTime,
+    StableHow, WriteArgs, WriteRes, NFS_PROGRAM, NFS_V3,
 };
 use twinfiler_proto::portmap::{Mapping, PmapProc, IPPROTO_TCP, PMAP_PROGRAM, PMAP_V2};
 use twinfiler_proto::rpc::{AuthSys, Credential};
@@ -58,9 +59,9 @@ pub enum ClientError {
         /// Size of the call.
         bytes: usize,
     },
-    /// Bad record framing from the server.
-    #[error("record: {0}")]
-    Record(#[from] twinfiler_proto::record::RecordError),
+    /// Bad record framing from the server, or the connection closed inside a record.
+    #[error("reply framing: {0}")]
+    Framing(#[from] twinfiler_rpc::framing::FrameError),
     /// Bad reply bytes.
     #[error("undecodable reply: {0}")]
     Xdr(#[from] XdrError),
@@ -406,15 +407,31 @@ impl NfsClient {
         fh: &NfsFh3,
         offset: u64,
         count: u32,
-    ) -> Result<(Vec<u8>, bool), ClientError> {
+    ) -> Result<(Bytes, bool), ClientError> {
         let args = ReadArgs {
             file: *fh,
             offset,
             count,
         };
-        let res: ReadRes = self.nfs(Nfs3Proc::Read, &args).await?;
-        let r = ok(Nfs3Proc::Read, res)?;
-        Ok((r.data, r.eof))
+        let reply = self
+            .conn
+            .call(NFS_PROGRAM, NFS_V3, Nfs3Proc::Read as u32, |out| {
+                args.encode(out)
+            })
+            .await?;
+        // The data is handed out as a slice of the reply record, not copied out of it.
+        let mut dec = Decoder::new_at(&reply.record, reply.results_offset);
+        match NfsStat3::decode(&mut dec)? {
+            NfsStat3::Ok => {
+                let span = ReadResOkSpan::decode(&mut dec)?;
+                dec.finish()?;
+                Ok((reply.record.slice(span.data), span.eof))
+            }
+            stat => Err(ClientError::Nfs {
+                proc_: Nfs3Proc::Read,
+                stat,
+            }),
+        }
     }
 
     /// COMMIT the whole file.

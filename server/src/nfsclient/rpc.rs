@@ -1,6 +1,8 @@
 //! ONC RPC over one TCP connection, with many calls in flight: calls are written whole under
-//! a writer lock, a reader task reassembles reply records and hands each to the waiting call
-//! by xid. Replies may come back in any order.
+//! a writer lock, a reader task reads reply records and hands each to the waiting call by xid.
+//! Replies may come back in any order. A reply sent as one fragment (what servers send) is
+//! handed over as the very buffer the socket read into, so a READ's data reaches the caller
+//! with no copy beyond the kernel's.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -8,12 +10,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpSocket;
 use tokio::sync::oneshot;
-use twinfiler_proto::record::{RecordDecoder, RECORD_BYTES_MAX, RECORD_MARK_BYTES};
+use twinfiler_proto::record::{RECORD_BYTES_MAX, RECORD_MARK_BYTES};
 use twinfiler_proto::rpc::{self, AcceptStat, CallHeader, Credential, OpaqueAuth, ReplyStatus};
+use twinfiler_rpc::framing::RecordReader;
 
 use super::ClientError;
 
@@ -28,7 +32,7 @@ const READ_CHUNK_BYTES: usize = 256 * 1024;
 #[derive(Debug)]
 pub struct Reply {
     /// The reply record (header and results).
-    pub record: Vec<u8>,
+    pub record: Bytes,
     /// Offset of the procedure results in `record`.
     pub results_offset: usize,
 }
@@ -40,7 +44,7 @@ impl Reply {
     }
 }
 
-type Waiter = oneshot::Sender<Vec<u8>>;
+type Waiter = oneshot::Sender<Bytes>;
 
 /// Calls waiting for their reply, by xid. `None` once the connection is gone: a call made
 /// after that fails at once instead of waiting for its timeout.
@@ -145,7 +149,7 @@ impl RpcConn {
 
     /// Registers interest in the reply to `xid` (before sending the call, so that a fast
     /// reply is not missed).
-    pub fn register(&self, xid: u32) -> Result<oneshot::Receiver<Vec<u8>>, ClientError> {
+    pub fn register(&self, xid: u32) -> Result<oneshot::Receiver<Bytes>, ClientError> {
         let (tx, rx) = oneshot::channel();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let map = pending.as_mut().ok_or(ClientError::Closed)?;
@@ -256,7 +260,7 @@ pub fn encode_call(
 }
 
 /// Checks a reply record: the reply of an accepted, successful call, or the RPC error.
-pub fn accept_reply(record: Vec<u8>) -> Result<Reply, ClientError> {
+pub fn accept_reply(record: Bytes) -> Result<Reply, ClientError> {
     let (head, results_offset) = rpc::decode_reply(&record)?;
     match head.status {
         ReplyStatus::Accepted {
@@ -276,37 +280,30 @@ impl Drop for RpcConn {
     }
 }
 
-/// The reader task: reassembles records and wakes the call each belongs to. Returns why it
+/// The reader task: reads records and wakes the call each belongs to. Returns why it
 /// stopped (EOF, I/O error, bad framing).
 async fn read_replies(
     read_half: &mut tokio::net::tcp::OwnedReadHalf,
     pending: &Pending,
 ) -> Result<(), ClientError> {
-    let mut decoder = RecordDecoder::new(RECORD_BYTES_MAX);
-    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let mut reader = RecordReader::new(RECORD_BYTES_MAX, READ_CHUNK_BYTES);
+    let bytes_in = std::sync::atomic::AtomicU64::new(0);
     loop {
-        let n = read_half.read(&mut buf).await?;
-        if n == 0 {
+        let Some(record) = reader.next_record(read_half, &bytes_in).await? else {
             return Err(ClientError::Closed);
-        }
-        let mut input = &buf[..n];
-        while !input.is_empty() {
-            let fed = decoder.feed(input)?;
-            input = &input[fed.consumed..];
-            let Some(record) = fed.record else { continue };
-            let Some(xid_bytes) = record.get(..4) else {
-                continue; // too short to name a call: nobody to hand it to
-            };
-            let xid = u32::from_be_bytes([xid_bytes[0], xid_bytes[1], xid_bytes[2], xid_bytes[3]]);
-            let waiter = pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_mut()
-                .and_then(|m| m.remove(&xid));
-            // A reply nobody waits for (timed out, or a duplicate) is dropped.
-            if let Some(w) = waiter {
-                let _ = w.send(record);
-            }
+        };
+        let Some(xid_bytes) = record.get(..4) else {
+            continue; // too short to name a call: nobody to hand it to
+        };
+        let xid = u32::from_be_bytes([xid_bytes[0], xid_bytes[1], xid_bytes[2], xid_bytes[3]]);
+        let waiter = pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .and_then(|m| m.remove(&xid));
+        // A reply nobody waits for (timed out, or a duplicate) is dropped.
+        if let Some(w) = waiter {
+            let _ = w.send(record);
         }
     }
 }

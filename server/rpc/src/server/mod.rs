@@ -35,7 +35,6 @@
 //!   abandoned (call futures dropped, connections closed).
 
 mod config;
-mod framing;
 mod stats;
 mod tasks;
 mod tcp;

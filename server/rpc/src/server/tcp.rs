@@ -13,13 +13,13 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, debug_span, warn, Instrument};
 use twinfiler_proto::record::record_mark;
 
-use super::framing::{FrameError, RecordReader};
 use super::stats::{add, bump, drop_one};
 use super::tasks::{reached, CallPermit, Phase};
 use super::{
     checked_reply, take_call_permit, Shared, IOVECS_PER_WRITE_MAX, REPLIES_PER_WRITE_MAX,
     REPLY_BYTES_MAX,
 };
+use crate::framing::{FrameError, RecordReader};
 use crate::{Reply, Transport};
 
 /// Pause after a failed accept (e.g. EMFILE), so a persistent error does not spin.
