@@ -799,12 +799,21 @@ impl WriteArgs {
 
     /// Encodes the arguments with `data` (a client's view; `self.data` is ignored).
     pub fn encode_with_data(&self, data: &[u8], out: &mut Vec<u8>) {
-        assert!(data.len() <= IO_BYTES_MAX);
+        self.encode_head(data.len(), out);
+        out.extend_from_slice(data);
+        out.extend_from_slice(crate::xdr::padding(data.len()));
+    }
+
+    /// Encodes the arguments up to (and including) the data length word. The caller then
+    /// sends `data_len` bytes of data followed by [`crate::xdr::padding`]`(data_len)`, e.g.
+    /// as more iovecs of one vectored write, so the data is never copied into the call.
+    pub fn encode_head(&self, data_len: usize, out: &mut Vec<u8>) {
+        assert!(data_len <= IO_BYTES_MAX);
         self.file.encode(out);
         out.put_u64(self.offset);
         out.put_u32(self.count);
         self.stable.encode(out);
-        out.put_opaque(data);
+        out.put_u32(data_len as u32);
     }
 }
 

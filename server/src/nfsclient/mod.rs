@@ -187,6 +187,30 @@ impl Transport {
             Transport::Hard(c) => c.call(prog, vers, proc_, encode_args).await,
         }
     }
+
+    /// A call whose arguments end with `data` (see [`RpcConn::call_with_data`]). The hard
+    /// transport keeps each call whole for retransmission, so it copies the data in.
+    async fn call_with_data(
+        &self,
+        prog: u32,
+        vers: u32,
+        proc_: u32,
+        encode_head: impl FnOnce(&mut Vec<u8>),
+        data: &[&[u8]],
+    ) -> Result<Reply, ClientError> {
+        match self {
+            Transport::Plain(c) => c.call_with_data(prog, vers, proc_, encode_head, data).await,
+            Transport::Hard(c) => {
+                let encode_args = |out: &mut Vec<u8>| {
+                    encode_head(out);
+                    let data_len: usize = data.iter().map(|d| d.len()).sum();
+                    data.iter().for_each(|d| out.extend_from_slice(d));
+                    out.extend_from_slice(twinfiler_proto::xdr::padding(data_len));
+                };
+                c.call(prog, vers, proc_, encode_args).await
+            }
+        }
+    }
 }
 
 /// One NFSv3 connection plus the export's root handle. Share it (`Arc`) between tasks to
@@ -384,18 +408,38 @@ impl NfsClient {
         data: &[u8],
         stable: StableHow,
     ) -> Result<(u32, StableHow), ClientError> {
+        self.write_parts(fh, offset, &[data], stable).await
+    }
+
+    /// WRITE the concatenation of `parts` at `offset`, sent from the parts themselves (no
+    /// copy into a request buffer on a plain connection).
+    pub async fn write_parts(
+        &self,
+        fh: &NfsFh3,
+        offset: u64,
+        parts: &[&[u8]],
+        stable: StableHow,
+    ) -> Result<(u32, StableHow), ClientError> {
+        let data_len: usize = parts.iter().map(|p| p.len()).sum();
+        if data_len > nfs3::IO_BYTES_MAX {
+            return Err(ClientError::TooLarge { bytes: data_len });
+        }
         let args = WriteArgs {
             file: *fh,
             offset,
-            count: data.len() as u32,
+            count: data_len as u32,
             stable,
             data: 0..0,
         };
         let reply = self
             .conn
-            .call(NFS_PROGRAM, NFS_V3, Nfs3Proc::Write as u32, |out| {
-                args.encode_with_data(data, out)
-            })
+            .call_with_data(
+                NFS_PROGRAM,
+                NFS_V3,
+                Nfs3Proc::Write as u32,
+                |out| args.encode_head(data_len, out),
+                parts,
+            )
             .await?;
         let r = ok(Nfs3Proc::Write, results::<WriteRes>(&reply)?)?;
         Ok((r.count, r.committed))

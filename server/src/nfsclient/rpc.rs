@@ -5,6 +5,7 @@
 //! with no copy beyond the kernel's.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -160,9 +161,27 @@ impl RpcConn {
 
     /// Writes one complete call record (from [`encode_call`]).
     pub async fn send(&self, msg: &[u8]) -> Result<(), ClientError> {
+        self.send_parts(&[msg]).await
+    }
+
+    /// Writes one complete call record given as consecutive parts, with vectored writes.
+    async fn send_parts(&self, parts: &[&[u8]]) -> Result<(), ClientError> {
+        let mut slices: Vec<IoSlice<'_>> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| IoSlice::new(p))
+            .collect();
+        let mut rest: &mut [IoSlice<'_>] = &mut slices;
         let mut w = self.writer.lock().await;
         let w = w.as_mut().ok_or(ClientError::Closed)?;
-        w.write_all(msg).await?;
+        // Each round writes at least one byte, so this ends.
+        while !rest.is_empty() {
+            let n = w.write_vectored(rest).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            }
+            IoSlice::advance_slices(&mut rest, n);
+        }
         Ok(())
     }
 
@@ -188,8 +207,36 @@ impl RpcConn {
     ) -> Result<Reply, ClientError> {
         let xid = self.next_xid();
         let msg = encode_call(xid, prog, vers, proc_, &self.cred, encode_args)?;
+        self.exchange(xid, &[&msg]).await
+    }
+
+    /// Like [`Self::call`] with data (the concatenation of `data`) after the arguments
+    /// `encode_head` appends, which end with the data's length word: the data and its XDR
+    /// padding go out as iovecs of the same write, never copied into the call buffer.
+    pub async fn call_with_data(
+        &self,
+        prog: u32,
+        vers: u32,
+        proc_: u32,
+        encode_head: impl FnOnce(&mut Vec<u8>),
+        data: &[&[u8]],
+    ) -> Result<Reply, ClientError> {
+        let xid = self.next_xid();
+        let data_len: usize = data.iter().map(|d| d.len()).sum();
+        let padding = twinfiler_proto::xdr::padding(data_len);
+        let tail_bytes = data_len + padding.len();
+        let head = encode_call_head(xid, prog, vers, proc_, &self.cred, encode_head, tail_bytes)?;
+        let mut record = Vec::with_capacity(data.len() + 2);
+        record.push(&head[..]);
+        record.extend_from_slice(data);
+        record.push(padding);
+        self.exchange(xid, &record).await
+    }
+
+    /// Sends the call `xid` (the record's parts, mark included) and waits for its reply.
+    async fn exchange(&self, xid: u32, record: &[&[u8]]) -> Result<Reply, ClientError> {
         let rx = self.register(xid)?;
-        if let Err(e) = self.send(&msg).await {
+        if let Err(e) = self.send_parts(record).await {
             self.forget(xid);
             return Err(e);
         }
@@ -239,6 +286,20 @@ pub fn encode_call(
     cred: &Credential,
     encode_args: impl FnOnce(&mut Vec<u8>),
 ) -> Result<Vec<u8>, ClientError> {
+    encode_call_head(xid, prog, vers, proc_, cred, encode_args, 0)
+}
+
+/// The start of a call record whose last `tail_bytes` the caller sends right after it: the
+/// record mark counts them.
+fn encode_call_head(
+    xid: u32,
+    prog: u32,
+    vers: u32,
+    proc_: u32,
+    cred: &Credential,
+    encode_args: impl FnOnce(&mut Vec<u8>),
+    tail_bytes: usize,
+) -> Result<Vec<u8>, ClientError> {
     // The record mark goes in front once the length is known: one buffer, one write.
     let mut msg = vec![0u8; RECORD_MARK_BYTES];
     CallHeader {
@@ -251,7 +312,7 @@ pub fn encode_call(
     }
     .encode(&mut msg);
     encode_args(&mut msg);
-    let body_len = msg.len() - RECORD_MARK_BYTES;
+    let body_len = msg.len() - RECORD_MARK_BYTES + tail_bytes;
     if body_len > RECORD_BYTES_MAX {
         return Err(ClientError::TooLarge { bytes: body_len });
     }
