@@ -348,6 +348,7 @@ async fn read_replies(
     pending: &Pending,
 ) -> Result<(), ClientError> {
     let mut reader = RecordReader::new(RECORD_BYTES_MAX, READ_CHUNK_BYTES);
+    // The reader counts what it reads (the server's statistics); nobody asks a client.
     let bytes_in = std::sync::atomic::AtomicU64::new(0);
     loop {
         let Some(record) = reader.next_record(read_half, &bytes_in).await? else {
