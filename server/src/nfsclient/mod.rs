@@ -53,13 +53,15 @@ pub enum ClientError {
         /// The bound.
         ms: u64,
     },
-    /// A call larger than a record may be.
-    #[error("call of {bytes} bytes exceeds the record bound")]
+    /// A call larger than a record may be, or WRITE data larger than NFSv3 allows.
+    #[error("{bytes} bytes exceed the protocol's bound for a call or its data")]
     TooLarge {
         /// Size of the call.
         bytes: usize,
     },
-    /// Bad record framing from the server, or the connection closed inside a record.
+    /// Why the reply reader stopped: bad record framing from the server, the connection
+    /// closed inside a record, or a failed read. Logged by the reader; the calls in flight
+    /// then fail with [`ClientError::Closed`].
     #[error("reply framing: {0}")]
     Framing(#[from] twinfiler_rpc::framing::FrameError),
     /// Bad reply bytes.
@@ -400,7 +402,8 @@ impl NfsClient {
         ok(Nfs3Proc::Rmdir, res).map(|_| ())
     }
 
-    /// WRITE `data` at `offset`; returns the bytes the server took and the stability it gave.
+    /// WRITE `data` (at most [`nfs3::IO_BYTES_MAX`] bytes) at `offset`; returns the bytes the
+    /// server took and the stability it gave.
     pub async fn write(
         &self,
         fh: &NfsFh3,
@@ -445,7 +448,8 @@ impl NfsClient {
         Ok((r.count, r.committed))
     }
 
-    /// READ up to `count` bytes at `offset`; returns the data and the eof flag.
+    /// READ up to `count` bytes at `offset`; returns the data and the eof flag. The data
+    /// shares the buffer the reply was read into: copy it if you keep it for long.
     pub async fn read(
         &self,
         fh: &NfsFh3,
@@ -471,10 +475,14 @@ impl NfsClient {
                 dec.finish()?;
                 Ok((reply.record.slice(span.data), span.eof))
             }
-            stat => Err(ClientError::Nfs {
-                proc_: Nfs3Proc::Read,
-                stat,
-            }),
+            stat => {
+                nfs3::AttrFail::decode(&mut dec)?;
+                dec.finish()?;
+                Err(ClientError::Nfs {
+                    proc_: Nfs3Proc::Read,
+                    stat,
+                })
+            }
         }
     }
 

@@ -26,7 +26,7 @@ use super::ClientError;
 pub const CALL_TIMEOUT_MS: u64 = 60_000;
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
-/// Bytes asked of the socket per read by the reader task.
+/// Free bytes the reader task keeps in its buffer before each read, at least.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 /// A complete reply to a successful call: the record and where the results start in it.
@@ -165,6 +165,10 @@ impl RpcConn {
     }
 
     /// Writes one complete call record given as consecutive parts, with vectored writes.
+    ///
+    /// A record left half-written (the write failed, or the caller was cancelled between two
+    /// writes) closes our side of the connection: the next call's bytes would otherwise
+    /// complete it, and the server would execute a call made of two.
     async fn send_parts(&self, parts: &[&[u8]]) -> Result<(), ClientError> {
         let mut slices: Vec<IoSlice<'_>> = parts
             .iter()
@@ -172,8 +176,12 @@ impl RpcConn {
             .map(|p| IoSlice::new(p))
             .collect();
         let mut rest: &mut [IoSlice<'_>] = &mut slices;
-        let mut w = self.writer.lock().await;
-        let w = w.as_mut().ok_or(ClientError::Closed)?;
+        let mut writer = self.writer.lock().await;
+        let unfinished = UnfinishedRecord {
+            writer: &mut writer,
+            complete: false,
+        };
+        let w = unfinished.writer.as_mut().ok_or(ClientError::Closed)?;
         // Each round writes at least one byte, so this ends.
         while !rest.is_empty() {
             let n = w.write_vectored(rest).await?;
@@ -182,6 +190,7 @@ impl RpcConn {
             }
             IoSlice::advance_slices(&mut rest, n);
         }
+        unfinished.complete();
         Ok(())
     }
 
@@ -226,6 +235,10 @@ impl RpcConn {
         let padding = twinfiler_proto::xdr::padding(data_len);
         let tail_bytes = data_len + padding.len();
         let head = encode_call_head(xid, prog, vers, proc_, &self.cred, encode_head, tail_bytes)?;
+        debug_assert!(
+            head.ends_with(&(data_len as u32).to_be_bytes()),
+            "the arguments must end with the data's length word"
+        );
         let mut record = Vec::with_capacity(data.len() + 2);
         record.push(&head[..]);
         record.extend_from_slice(data);
@@ -263,6 +276,27 @@ impl RpcConn {
             .as_mut()
         {
             map.remove(&xid);
+        }
+    }
+}
+
+/// The writer while a record is being written: dropped before [`Self::complete`], it drops
+/// the write half (the server then sees a record cut short, never a wrong one).
+struct UnfinishedRecord<'a> {
+    writer: &'a mut Option<OwnedWriteHalf>,
+    complete: bool,
+}
+
+impl UnfinishedRecord<'_> {
+    fn complete(mut self) {
+        self.complete = true;
+    }
+}
+
+impl Drop for UnfinishedRecord<'_> {
+    fn drop(&mut self) {
+        if !self.complete {
+            self.writer.take();
         }
     }
 }

@@ -323,8 +323,9 @@ async fn hard_client_counts_an_error_status_and_gives_up_after_its_bound() {
     assert_eq!(stats.errors.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
 
-/// A WRITE given in parts (sent as iovecs) arrives as the record a contiguous WRITE makes,
-/// padding included, and a READ's data comes back as sent (sliced out of the reply record).
+/// A WRITE given in parts (sent as iovecs) arrives whole, in order and padded (the server's
+/// decoder refuses a record without the padding), and a READ's data comes back as sent
+/// (sliced out of the reply record).
 #[tokio::test]
 async fn a_write_in_parts_and_a_read_round_trip_the_data() {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
