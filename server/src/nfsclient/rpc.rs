@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpSocket;
 use tokio::sync::oneshot;
@@ -170,26 +170,13 @@ impl RpcConn {
     /// writes) closes our side of the connection: the next call's bytes would otherwise
     /// complete it, and the server would execute a call made of two.
     async fn send_parts(&self, parts: &[&[u8]]) -> Result<(), ClientError> {
-        let mut slices: Vec<IoSlice<'_>> = parts
-            .iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| IoSlice::new(p))
-            .collect();
-        let mut rest: &mut [IoSlice<'_>] = &mut slices;
         let mut writer = self.writer.lock().await;
         let unfinished = UnfinishedRecord {
             writer: &mut writer,
             complete: false,
         };
         let w = unfinished.writer.as_mut().ok_or(ClientError::Closed)?;
-        // Each round writes at least one byte, so this ends.
-        while !rest.is_empty() {
-            let n = w.write_vectored(rest).await?;
-            if n == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
-            }
-            IoSlice::advance_slices(&mut rest, n);
-        }
+        write_all_parts(w, parts).await?;
         unfinished.complete();
         Ok(())
     }
@@ -278,6 +265,25 @@ impl RpcConn {
             map.remove(&xid);
         }
     }
+}
+
+/// Writes the concatenation of `parts` with vectored writes, however little each one takes.
+async fn write_all_parts<W: AsyncWrite + Unpin>(w: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut rest: &mut [IoSlice<'_>] = &mut slices;
+    // Each round writes at least one byte, so this ends.
+    while !rest.is_empty() {
+        let n = w.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 /// The writer while a record is being written: dropped before [`Self::complete`], it drops
@@ -400,6 +406,55 @@ async fn read_replies(
         // A reply nobody waits for (timed out, or a duplicate) is dropped.
         if let Some(w) = waiter {
             let _ = w.send(record);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// Takes at most `per_write` bytes of the first non-empty slice per call.
+    struct Trickle {
+        per_write: usize,
+        got: Vec<u8>,
+        writes: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.per_write);
+            self.got.extend_from_slice(&buf[..n]);
+            self.writes += 1;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn parts_go_out_whole_and_in_order_however_little_each_write_takes() {
+        let parts: [&[u8]; 5] = [b"mark", b"", b"head-of-call", &[7u8; 100], b"\0\0"];
+        for per_write in [1, 3, 7, 64, 4096] {
+            let mut w = Trickle {
+                per_write,
+                got: Vec::new(),
+                writes: 0,
+            };
+            write_all_parts(&mut w, &parts).await.unwrap();
+            assert_eq!(w.got, parts.concat(), "{per_write} bytes a write");
+            assert!(w.writes >= w.got.len().div_ceil(per_write));
         }
     }
 }
