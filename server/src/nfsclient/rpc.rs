@@ -221,7 +221,8 @@ impl RpcConn {
         let data_len: usize = data.iter().map(|d| d.len()).sum();
         let padding = twinfiler_proto::xdr::padding(data_len);
         let tail_bytes = data_len + padding.len();
-        let head = encode_call_head(xid, prog, vers, proc_, &self.cred, encode_head, tail_bytes)?;
+        let mut head = encode_call(xid, prog, vers, proc_, &self.cred, encode_head)?;
+        mark_record(&mut head, tail_bytes)?;
         debug_assert!(
             head.ends_with(&(data_len as u32).to_be_bytes()),
             "the arguments must end with the data's length word"
@@ -326,20 +327,6 @@ pub fn encode_call(
     cred: &Credential,
     encode_args: impl FnOnce(&mut Vec<u8>),
 ) -> Result<Vec<u8>, ClientError> {
-    encode_call_head(xid, prog, vers, proc_, cred, encode_args, 0)
-}
-
-/// The start of a call record whose last `tail_bytes` the caller sends right after it: the
-/// record mark counts them.
-fn encode_call_head(
-    xid: u32,
-    prog: u32,
-    vers: u32,
-    proc_: u32,
-    cred: &Credential,
-    encode_args: impl FnOnce(&mut Vec<u8>),
-    tail_bytes: usize,
-) -> Result<Vec<u8>, ClientError> {
     // The record mark goes in front once the length is known: one buffer, one write.
     let mut msg = vec![0u8; RECORD_MARK_BYTES];
     CallHeader {
@@ -352,12 +339,19 @@ fn encode_call_head(
     }
     .encode(&mut msg);
     encode_args(&mut msg);
+    mark_record(&mut msg, 0)?;
+    Ok(msg)
+}
+
+/// Writes the record mark in front of `msg` (mark included), for a record that goes on
+/// with `tail_bytes` the caller sends right after `msg`.
+fn mark_record(msg: &mut [u8], tail_bytes: usize) -> Result<(), ClientError> {
     let body_len = msg.len() - RECORD_MARK_BYTES + tail_bytes;
     if body_len > RECORD_BYTES_MAX {
         return Err(ClientError::TooLarge { bytes: body_len });
     }
     msg[..RECORD_MARK_BYTES].copy_from_slice(&twinfiler_proto::record::record_mark(body_len, true));
-    Ok(msg)
+    Ok(())
 }
 
 /// Checks a reply record: the reply of an accepted, successful call, or the RPC error.

@@ -432,15 +432,12 @@ impl NfsService {
         if !perm::may_io(&r.attr, &r.ident, W) {
             return Err((NfsStat3::Acces, h));
         }
-        if a.data.end > record.len() || a.data.start > a.data.end {
+        if record.get(a.data.clone()).is_none() {
             return Err((NfsStat3::Serverfault, h));
         }
         // RFC 1813: `count` is the number of bytes to write; never more than were sent.
-        let end = a
-            .data
-            .end
-            .min(a.data.start.saturating_add(a.count as usize));
-        let data = record.slice(a.data.start..end);
+        let len = a.data.len().min(a.count as usize);
+        let data = record.slice(a.data.start..a.data.start + len);
         if a.offset.saturating_add(data.len() as u64) > FILE_SIZE_MAX {
             return Err((NfsStat3::Fbig, h));
         }
