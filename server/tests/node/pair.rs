@@ -287,7 +287,11 @@ async fn a_pair_takes_over_and_gives_back_without_losing_a_write() {
     write_all(&mut c, &f, 0, &data).await.expect("write");
     drop(c);
 
-    // 1. Graceful, asked at the victim (path 1), through the operator API.
+    // 1. Graceful, asked at the victim (path 1), through the operator API. The victim's
+    // check reads the taker's readiness from its last heartbeat; wait for the taker's own
+    // view first, as the later steps do (a CI run saw the taker refuse with its mirror of
+    // a's log not yet in sync).
+    wait_possible(&b).await;
     let outcome = api_operation(
         pair.consoles[0],
         "takeover",
