@@ -277,6 +277,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn small_records_in_separate_reads_share_one_buffer() {
+        use tokio::io::AsyncWriteExt;
+        let (mut tx, mut rx) = tokio::io::duplex(1024);
+        let mut reader = RecordReader::new(RECORD_BYTES_MAX, 64 * 1024);
+        let counter = AtomicU64::new(0);
+        let mut records = Vec::new();
+        for body in [&b"first"[..], b"second", b"third"] {
+            // Each record is in the socket alone when the reader reads.
+            tx.write_all(&frame(body)).await.unwrap();
+            let record = reader.next_record(&mut rx, &counter).await.unwrap();
+            records.push(record.unwrap());
+        }
+        for pair in records.windows(2) {
+            let after = pair[0].as_ptr() as usize + pair[0].len() + RECORD_MARK_BYTES;
+            assert_eq!(
+                pair[1].as_ptr() as usize,
+                after,
+                "a record was read into a new buffer"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn oversized_fragment_fails_on_the_header() {
         let mut stream = record_mark(RECORD_BYTES_MAX + 1, true).to_vec();
         stream.extend_from_slice(b"xxxx");
