@@ -5,7 +5,9 @@
 //! first appender that finds no commit running becomes the leader and persists everything
 //! written so far with one barrier, then hands the range to the mirror sender; followers
 //! just wait on their futures. A future resolves when its record is durable locally and
-//! acknowledged by the partner (or the mirror is degraded / the node is standalone).
+//! acknowledged by the partner (or the mirror is degraded / the node is standalone). An
+//! appender that knows more appends are coming may submit without leading and start the
+//! commit itself a moment later (`submit_parts_deferred`, `commit_pending`).
 
 use crate::format::{self, PAYLOAD_BYTES_MAX};
 use crate::log::{LogArea, Replay, ReplayError};
@@ -447,6 +449,34 @@ impl Nvlog {
     /// are copied straight into the log, so a caller with data and a trailer (a WRITE) need
     /// not join them first.
     pub fn submit_parts(&self, kind: u16, parts: &[&[u8]]) -> Result<Durable, AppendError> {
+        self.append_parts(kind, parts, true)
+    }
+
+    /// [`Self::submit_parts`] that never leads a group commit: the record waits for the
+    /// caller's [`Self::commit_pending`] (or an earlier commit by another appender or an
+    /// acknowledgement). A caller that knows more appends are on their way lets them join
+    /// the group instead of sending a group of one; it must call `commit_pending` soon,
+    /// whatever happens.
+    pub fn submit_parts_deferred(
+        &self,
+        kind: u16,
+        parts: &[&[u8]],
+    ) -> Result<Durable, AppendError> {
+        self.append_parts(kind, parts, false)
+    }
+
+    /// Commits what is pending, if the mirror window allows (after
+    /// [`Self::submit_parts_deferred`]).
+    pub fn commit_pending(&self) {
+        self.inner.try_lead();
+    }
+
+    fn append_parts(
+        &self,
+        kind: u16,
+        parts: &[&[u8]],
+        may_lead: bool,
+    ) -> Result<Durable, AppendError> {
         let payload_len: usize = parts.iter().map(|p| p.len()).sum();
         if payload_len > PAYLOAD_BYTES_MAX {
             return Err(AppendError::TooLarge(payload_len));
@@ -493,7 +523,7 @@ impl Nvlog {
             }
             st.waiters.push_back((seq, tx));
             st.appends += 1;
-            let leader = !st.committing && may_commit(&st);
+            let leader = may_lead && !st.committing && may_commit(&st);
             st.committing |= leader;
             (seq, leader)
         };
@@ -922,8 +952,8 @@ impl Inner {
         }
     }
 
-    /// Starts a group commit from a non-appender thread if one is due (acks opened the
-    /// window, or the mirror degraded).
+    /// Starts a group commit if one is due: from a non-appender thread (acks opened the
+    /// window, or the mirror degraded), or for appenders that deferred theirs.
     fn try_lead(&self) {
         {
             let mut st = lock(&self.st);

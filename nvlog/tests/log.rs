@@ -101,6 +101,40 @@ fn append_iterate_replay_round_trip_across_halves_and_reopen() {
     );
 }
 
+#[test]
+fn deferred_submits_wait_for_commit_pending_and_share_one_group() {
+    let dir = shm_dir();
+    let log = standalone(&dir.path().join("region"));
+    let rt = rt();
+    let before = log.status().group_commits;
+    let mut waiting: Vec<_> = (1..=3u64)
+        .map(|i| {
+            log.submit_parts_deferred(kind::OP, &[&payload(i, 50)])
+                .expect("submit")
+        })
+        .collect();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for d in &mut waiting {
+        let polled = std::future::Future::poll(std::pin::Pin::new(d), &mut cx);
+        assert!(polled.is_pending(), "durable before any commit");
+    }
+    assert_eq!(log.status().durable_seq, 0);
+    log.commit_pending();
+    let seqs: Vec<u64> = rt.block_on(async {
+        let mut seqs = Vec::new();
+        for d in waiting {
+            seqs.push(d.await.expect("durable"));
+        }
+        seqs
+    });
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(
+        log.status().group_commits - before,
+        1,
+        "one group for all three"
+    );
+}
+
 /// Writes `n` committed records through the log, closes it, returns the tail offset.
 fn prepare(path: &Path, n: u64) -> u64 {
     let log = standalone(path);

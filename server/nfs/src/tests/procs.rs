@@ -830,3 +830,31 @@ async fn rpc_level_errors() {
     assert_eq!(stat(&f), NfsStat3::Acces, "root dir is 0755 root");
     assert!(env.svc.stats().rpc_errors >= 4);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn calls_behind_another_defer_their_commit_and_share_one() {
+    // With another request in flight, each CREATE defers its commit and yields; the first
+    // to resume commits all eight as one group. (Alone, each would lead its own.)
+    const CALLS: usize = 8;
+    let env = Arc::new(Env::new());
+    let r = root();
+    let d = env.root_fh().await;
+    let _other = env.svc.engine.pretend_running();
+    let before = env.log.status().group_commits;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let (env, r) = (env.clone(), r.clone());
+            tokio::spawn(async move {
+                let how = CreateHow3::Guarded(Sattr3::default());
+                env.create(&r, &d, &format!("g{i}"), how).await
+            })
+        })
+        .collect();
+    for c in calls {
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(10), c).await;
+        let res = answered.expect("a deferred commit never happened").unwrap();
+        assert!(matches!(res, NfsRes::Ok(_)), "{res:?}");
+    }
+    let groups = env.log.status().group_commits - before;
+    assert_eq!(groups, 1, "{CALLS} calls took {groups} group commits");
+}
