@@ -257,13 +257,17 @@ impl Engine {
         let deadline = Instant::now() + Duration::from_millis(self.log_full_wait_ms_max);
         let _running = Running::enter(&self.running);
         loop {
-            match self.try_run(&mut p, exec) {
-                Ok((executed, durable, deferred)) => {
-                    if deferred {
+            let deferred = self.running.load(Ordering::Relaxed) > 1;
+            // Made before the submit: if the execution panics (the RPC layer survives
+            // that), unwinding still commits the record it left pending.
+            let commit = deferred.then(|| CommitOnDrop(&self.log));
+            match self.try_run(&mut p, exec, deferred) {
+                Ok((executed, durable)) => {
+                    if let Some(commit) = commit {
                         // The requests already runnable append theirs before this one
                         // resumes and commits them all: one group, one mirror frame.
-                        let _commit = CommitOnDrop(&self.log);
                         tokio::task::yield_now().await;
+                        drop(commit);
                     }
                     let seq = durable.seq();
                     durable
@@ -278,6 +282,7 @@ impl Engine {
                     return Ok(executed);
                 }
                 Err(AppendError::Full) if Instant::now() < deadline => {
+                    drop(commit);
                     tokio::time::sleep(Duration::from_millis(LOG_FULL_RETRY_MS)).await;
                 }
                 Err(AppendError::Full) => {
@@ -300,14 +305,14 @@ impl Engine {
     }
 
     /// The locked part: time, submit, execute. Alone, a request leads its group commit at
-    /// submit, so the mirror round trip overlaps the execution; with other requests in
-    /// flight it defers the commit (the third value) so those queued behind it can join.
+    /// submit, so the mirror round trip overlaps the execution; `deferred` (other requests
+    /// in flight) submits without leading, so those queued behind it can join.
     fn try_run(
         &self,
         p: &mut Prepared,
         exec: &dyn Executor,
-    ) -> Result<(Executed, nvlog::Durable, bool), AppendError> {
-        let deferred = self.running.load(Ordering::Relaxed) > 1;
+        deferred: bool,
+    ) -> Result<(Executed, nvlog::Durable), AppendError> {
         let submit = |parts: &[&[u8]]| {
             if deferred {
                 self.log.submit_parts_deferred(kind::OP, parts)
@@ -324,7 +329,7 @@ impl Engine {
                 let durable = submit(&[&payload])?;
                 st.last_time_ns = t;
                 let executed = exec.execute(&self.fs, durable.seq(), meta, op);
-                Ok((executed, durable, deferred))
+                Ok((executed, durable))
             }
             Prepared::Write {
                 meta,
@@ -342,7 +347,7 @@ impl Engine {
                     time_ns: t,
                 };
                 let executed = exec.execute(&self.fs, durable.seq(), meta, &op);
-                Ok((executed, durable, deferred))
+                Ok((executed, durable))
             }
         }
     }
@@ -419,4 +424,62 @@ fn logged_refusals(records: &[Record]) -> Result<HashMap<u64, Vec<u8>>, ReplayEr
             }),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wafl::{FsConfig, MemStore, StripeStore};
+
+    /// An execution that fails the way a bug would: by panicking.
+    struct Panics;
+
+    impl Executor for Panics {
+        fn execute(&self, _: &Fs, _: u64, _: &RecordMeta, _: &FsOp) -> Executed {
+            panic!("execution bug");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_deferred_record_is_committed_even_if_its_execution_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StripeStore> = Arc::new(MemStore::new(4, 256));
+        let fs = Arc::new(Fs::mkfs(store, 1, FsConfig::default()).unwrap());
+        let log = Arc::new(
+            Nvlog::open(nvlog::Config {
+                region_path: dir.path().join("nvram"),
+                half_bytes: 2 << 20,
+                mirror: None,
+                backpressure_wait_ms_max: 1_000,
+            })
+            .unwrap(),
+        );
+        let engine = Arc::new(Engine::new(fs, log.clone(), 1_000));
+        let _other = engine.pretend_running(); // so this request defers its commit
+        let request = Prepared::Op {
+            meta: RecordMeta {
+                drc_key: None,
+                proc_: 12, // REMOVE
+                export_id: 1,
+                guard: None,
+                truncate_existing: false,
+            },
+            op: FsOp::Remove {
+                dir: Fid::ROOT,
+                name: b"x".to_vec(),
+                time_ns: 0,
+            },
+        };
+        let run = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.run(request, &Panics).await }
+        });
+        assert!(run.await.unwrap_err().is_panic());
+        // Nobody appends after it: only the unwinding request itself can have committed.
+        assert_eq!(
+            log.status().durable_seq,
+            1,
+            "the record was left uncommitted"
+        );
+    }
 }
