@@ -169,7 +169,7 @@ impl Drop for Running<'_> {
 }
 
 /// Commits the log's pending records when dropped: a deferred commit happens even if
-/// the request's future is dropped while it waits.
+/// the request's future is dropped while it waits, or its execution panics.
 struct CommitOnDrop<'a>(&'a Nvlog);
 
 impl Drop for CommitOnDrop<'_> {
