@@ -61,8 +61,8 @@ enum ReadSize {
 }
 
 impl RecordReader {
-    /// A reader of records up to `record_bytes_max` bytes that asks the socket for at least
-    /// `read_buffer_bytes` at a time.
+    /// A reader of records up to `record_bytes_max` bytes whose buffers hold
+    /// `read_buffer_bytes` (a record that long or longer gets a buffer of its own size).
     pub fn new(record_bytes_max: usize, read_buffer_bytes: usize) -> Self {
         assert!(record_bytes_max > 0 && read_buffer_bytes > 0);
         RecordReader {
@@ -134,10 +134,9 @@ impl RecordReader {
         (word & LAST_FRAGMENT_BIT != 0 && len <= self.record_bytes_max).then_some(len)
     }
 
-    /// The length of the record starting the buffer, if it is one to read exactly.
-    fn big_record_len(&self) -> Option<usize> {
-        self.single_fragment_len()
-            .filter(|&len| len >= self.read_buffer_bytes)
+    /// A record this long is read exactly, into a buffer of its own.
+    fn is_big(&self, len: usize) -> bool {
+        len >= self.read_buffer_bytes
     }
 
     /// Bytes to read before [`Self::take_record`] can make progress (≥ 1).
@@ -156,7 +155,10 @@ impl RecordReader {
     /// The next socket read's size (see the module docs for why big records are exact).
     fn read_size(&self) -> ReadSize {
         let wanted = self.bytes_wanted();
-        if self.big_record_len().is_some() {
+        if self
+            .single_fragment_len()
+            .is_some_and(|len| self.is_big(len))
+        {
             return ReadSize::Exact(wanted);
         }
         if self.last_was_big && self.buf.is_empty() && self.decoder.is_idle() {
@@ -171,7 +173,7 @@ impl RecordReader {
             if self.buf.len() < RECORD_MARK_BYTES + len {
                 return Ok(None);
             }
-            self.last_was_big = self.big_record_len().is_some();
+            self.last_was_big = self.is_big(len);
             self.buf.advance(RECORD_MARK_BYTES);
             return Ok(Some(self.buf.split_to(len).freeze()));
         }

@@ -26,7 +26,8 @@ use super::ClientError;
 pub const CALL_TIMEOUT_MS: u64 = 60_000;
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
-/// Free bytes the reader task keeps in its buffer before each read, at least.
+/// Size of each reply buffer the reader task allocates; replies at least this long get a
+/// buffer of their own size.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 /// A complete reply to a successful call: the record and where the results start in it.
