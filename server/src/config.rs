@@ -27,6 +27,12 @@ pub const PORTMAP_PORT_DEFAULT: u16 = 111;
 pub const MOUNT_PORT_DEFAULT: u16 = 20048;
 /// Default NFS port.
 pub const NFS_PORT_DEFAULT: u16 = 2049;
+/// Default of `[nfs] busy_poll_us`: longer than a client on the same LAN takes from our
+/// reply to its next call, short enough that an idle connection costs little.
+pub const NFS_BUSY_POLL_US_DEFAULT: u64 = 50;
+/// Longest `[nfs] busy_poll_us` accepted: past a millisecond a poll no longer waits for a
+/// client's quick next call, it spins a core per slow client.
+pub const NFS_BUSY_POLL_US_MAX: u64 = 1_000;
 /// Default time calls in flight get to finish at shutdown.
 pub const STOP_GRACE_MS_DEFAULT: u64 = 5_000;
 /// Shortest pair key accepted: the file handle and mirror keys are derived from it.
@@ -414,6 +420,10 @@ pub struct NfsSection {
     /// A reply write without progress for this long closes the connection, ms.
     #[serde(default)]
     pub write_timeout_ms: Option<u64>,
+    /// A connection whose calls are all answered polls for the next one this long before
+    /// it sleeps, µs (0: off).
+    #[serde(default = "nfs_busy_poll_us_default")]
+    pub busy_poll_us: u64,
     /// At shutdown, calls in flight get this long to finish, ms.
     #[serde(default = "stop_grace_ms_default")]
     pub stop_grace_ms: u64,
@@ -437,10 +447,14 @@ impl NfsSection {
             read_buffer_bytes: d.read_buffer_bytes,
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
             write_timeout_ms: self.write_timeout_ms.unwrap_or(d.write_timeout_ms),
+            busy_poll_us: self.busy_poll_us,
         }
     }
 }
 
+fn nfs_busy_poll_us_default() -> u64 {
+    NFS_BUSY_POLL_US_DEFAULT
+}
 fn stop_grace_ms_default() -> u64 {
     STOP_GRACE_MS_DEFAULT
 }
@@ -651,6 +665,12 @@ impl NodeConfig {
             return Err(bad(format!(
                 "`nfs.bind` = {}: give the node's address (rpcbind replies name it), not a wildcard",
                 n.bind
+            )));
+        }
+        if n.busy_poll_us > NFS_BUSY_POLL_US_MAX {
+            return Err(bad(format!(
+                "`nfs.busy_poll_us` = {} is above {NFS_BUSY_POLL_US_MAX} µs",
+                n.busy_poll_us
             )));
         }
         let server = n.server_config();

@@ -92,23 +92,9 @@ impl RecordReader {
             if let Some(record) = self.take_record()? {
                 return Ok(Some(record));
             }
-            let n = match self.read_size() {
-                ReadSize::Exact(n) => {
-                    self.buf.reserve(n);
-                    let mut upto = (&mut *stream).take(n as u64);
-                    upto.read_buf(&mut self.buf).await?
-                }
-                ReadSize::Fill(n) => {
-                    // Small records fill one buffer before the next is allocated. A new
-                    // one per read cost an allocation of `read_buffer_bytes` per read, too
-                    // big for malloc's per-thread cache: 77,453 of them in the node in one
-                    // `bench nfs --quick`, 1,772 after.
-                    if self.buf.capacity() - self.buf.len() < n.max(SPARE_BYTES_MIN) {
-                        self.buf.reserve(n.max(self.read_buffer_bytes));
-                    }
-                    stream.read_buf(&mut self.buf).await?
-                }
-            };
+            let room = self.make_room();
+            let mut upto = (&mut *stream).take(room as u64);
+            let n = upto.read_buf(&mut self.buf).await?;
             bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             if n == 0 {
                 if self.is_idle() {
@@ -117,6 +103,75 @@ impl RecordReader {
                 return Err(FrameError::Truncated {
                     buffered: self.buf.len() + self.decoder.buffered(),
                 });
+            }
+        }
+    }
+
+    /// The next record from what the socket `fd` holds right now, without waiting: a
+    /// non-blocking `recv` on the descriptor itself. `Ok(None)` if no whole record is there
+    /// yet (or the stream ended: the next [`Self::next_record`] reports that).
+    ///
+    /// Why the descriptor and not the runtime's stream: a busy poll must see bytes the
+    /// event loop has not reported yet, and tokio answers reads from its readiness state
+    /// (cleared by the last empty read) until its next `epoll_wait`. Reading behind the
+    /// runtime's back loses no wake-up: epoll reports arrivals as edges, so bytes arriving
+    /// after this read still wake a reader waiting in the runtime.
+    pub fn poll_record(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        bytes_in: &std::sync::atomic::AtomicU64,
+    ) -> Result<Option<Bytes>, FrameError> {
+        use std::os::fd::AsRawFd;
+        loop {
+            if let Some(record) = self.take_record()? {
+                return Ok(Some(record));
+            }
+            let room = self.make_room();
+            let spare = self.buf.spare_capacity_mut();
+            // SAFETY: `recv` writes at most `room` bytes into the spare capacity, which
+            // `make_room` left at least that long, and which `self.buf` owns.
+            let n = unsafe {
+                libc::recv(
+                    fd.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    room,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                return match err.kind() {
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(None),
+                    _ => Err(FrameError::Io(err)),
+                };
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            let n = n as usize;
+            // SAFETY: the kernel initialised these `n` bytes of the spare capacity.
+            unsafe { self.buf.set_len(self.buf.len() + n) };
+            bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Makes room in the buffer for the next socket read; returns how many bytes it may
+    /// bring in (at most the spare capacity).
+    fn make_room(&mut self) -> usize {
+        match self.read_size() {
+            ReadSize::Exact(n) => {
+                self.buf.reserve(n);
+                n
+            }
+            ReadSize::Fill(n) => {
+                // Small records fill one buffer before the next is allocated. A new one per
+                // read cost an allocation of `read_buffer_bytes` per read, too big for
+                // malloc's per-thread cache: 77,453 of them in the node in one `bench nfs
+                // --quick`, 1,772 after.
+                if self.buf.capacity() - self.buf.len() < n.max(SPARE_BYTES_MIN) {
+                    self.buf.reserve(n.max(self.read_buffer_bytes));
+                }
+                self.buf.capacity() - self.buf.len()
             }
         }
     }
@@ -276,6 +331,42 @@ mod tests {
             .unwrap()
             .is_none());
         assert_eq!(counter.into_inner(), stream.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_poll_takes_what_the_socket_holds_and_never_waits() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let (mut tx, rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let mut reader = RecordReader::new(RECORD_BYTES_MAX, 4096);
+        let counter = AtomicU64::new(0);
+        assert!(reader.poll_record(rx.as_fd(), &counter).unwrap().is_none());
+        let first = frame(b"first call");
+        tx.write_all(&first[..7]).unwrap();
+        assert!(reader.poll_record(rx.as_fd(), &counter).unwrap().is_none());
+        // The rest of the first and a whole second record in one write.
+        let mut rest = first[7..].to_vec();
+        rest.extend_from_slice(&frame(b"second"));
+        tx.write_all(&rest).unwrap();
+        let polled = reader.poll_record(rx.as_fd(), &counter).unwrap();
+        assert_eq!(polled.unwrap(), &b"first call"[..]);
+        let polled = reader.poll_record(rx.as_fd(), &counter).unwrap();
+        assert_eq!(polled.unwrap(), &b"second"[..]);
+        assert_eq!(
+            counter.load(std::sync::atomic::Ordering::Relaxed),
+            7 + rest.len() as u64
+        );
+        // A record cut by the end of the stream: the poll says nothing is there, and the
+        // ordinary read reports the truncation.
+        tx.write_all(&frame(b"cut short")[..6]).unwrap();
+        drop(tx);
+        assert!(reader.poll_record(rx.as_fd(), &counter).unwrap().is_none());
+        let mut rx = tokio::net::UnixStream::from_std(rx).unwrap();
+        match reader.next_record(&mut rx, &counter).await {
+            Err(FrameError::Truncated { buffered: 6 }) => {}
+            other => panic!("expected a truncation after 6 bytes, got {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -38,7 +38,9 @@ pub mod portmap;
 pub mod server;
 
 pub use portmap::PortmapService;
-pub use server::{Peer, RpcServer, ServerConfig, ServerStats, StopReport};
+pub use server::{
+    Peer, RpcServer, ServerConfig, ServerStats, StopReport, BUSY_POLL_AFTER_LONE_CALLS,
+};
 
 use std::future::Future;
 use std::net::SocketAddr;

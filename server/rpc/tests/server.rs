@@ -777,3 +777,93 @@ async fn peers_lists_open_connections() {
     })
     .await;
 }
+
+/// A poll budget no test's next call can miss.
+const POLL_LONG_US: u64 = 2_000_000;
+
+/// Calls `xids` one at a time, a little apart (the server has answered each before the next
+/// is sent).
+async fn one_at_a_time(c: &mut TcpClient, xids: std::ops::Range<u32>) {
+    for xid in xids {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let (h, _) = c.call(&toy_call(xid, PROC_NULL, &[])).await;
+        assert_eq!((h.xid, stat_of(&h)), (xid, AcceptStat::Success));
+    }
+}
+
+#[tokio::test]
+async fn a_client_waiting_for_each_reply_is_polled_for() {
+    let t = start(ServerConfig {
+        busy_poll_us: POLL_LONG_US,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = TcpClient::connect(t.tcp).await;
+    const N: u32 = 20;
+    one_at_a_time(&mut c, 0..N).await;
+    // Every call after the first lone ones: the reader was polling when each came, which
+    // also means the writer told it each time the answer had gone out.
+    let stats = t.server.stats();
+    let polled = u64::from(N - twinfiler_rpc::BUSY_POLL_AFTER_LONE_CALLS);
+    assert_eq!(
+        (stats.calls, stats.calls_polled),
+        (u64::from(N), polled),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_polling_no_call_is_polled() {
+    let t = start(ServerConfig::default()).await;
+    let mut c = TcpClient::connect(t.tcp).await;
+    one_at_a_time(&mut c, 0..20).await;
+    let stats = t.server.stats();
+    assert_eq!((stats.calls, stats.calls_polled), (20, 0), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_poll_that_finds_nothing_gives_way_to_the_ordinary_wait() {
+    let t = start(ServerConfig {
+        busy_poll_us: 1_000,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = TcpClient::connect(t.tcp).await;
+    one_at_a_time(&mut c, 0..20).await;
+    let polled = t.server.stats().calls_polled;
+    // Far beyond the budget: the reader sleeps in the event loop, and still gets the call.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (h, _) = c.call(&toy_call(20, PROC_NULL, &[])).await;
+    assert_eq!((h.xid, stat_of(&h)), (20, AcceptStat::Success));
+    assert_eq!(t.server.stats().calls_polled, polled);
+}
+
+#[tokio::test]
+async fn a_client_with_calls_in_flight_is_not_polled_for() {
+    let t = start(ServerConfig {
+        busy_poll_us: POLL_LONG_US,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = TcpClient::connect(t.tcp).await;
+    let lone = twinfiler_rpc::BUSY_POLL_AFTER_LONE_CALLS;
+    one_at_a_time(&mut c, 0..lone).await;
+    assert_eq!(t.server.stats().calls_polled, 0);
+    // The reader polls now; a call that blocks comes in that way.
+    c.send(&toy_call(100, PROC_GATE, &word(1))).await;
+    t.toy.wait_gated(1).await;
+    assert_eq!(t.server.stats().calls_polled, 1);
+    // Sent while that call is in flight: read the ordinary way, and the client now counts
+    // as one that keeps calls in flight.
+    let (h, _) = c.call(&toy_call(101, PROC_NULL, &[])).await;
+    assert_eq!(h.xid, 101);
+    t.toy.release(1);
+    let (h, _) = parse_reply(&c.recv().await);
+    assert_eq!(h.xid, 100);
+    one_at_a_time(&mut c, 200..200 + lone).await;
+    assert_eq!(t.server.stats().calls_polled, 1);
+    // Lone calls again, as many as it takes: polled for once more.
+    let (h, _) = c.call(&toy_call(300, PROC_NULL, &[])).await;
+    assert_eq!(h.xid, 300);
+    assert_eq!(t.server.stats().calls_polled, 2);
+}

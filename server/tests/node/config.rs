@@ -27,10 +27,13 @@ fn the_example_parses_with_the_documented_defaults() {
     assert_eq!(c.exports.len(), 1);
     assert_eq!(c.exports[0].path, "/");
     assert_eq!(c.pair_key_path(), c.state_dir.join("pair.key"));
-    // Transport bounds left out fall back to the RPC server's defaults.
+    // Transport bounds left out fall back to the RPC server's defaults; polling is on.
     assert_eq!(
         c.nfs.server_config(),
-        twinfiler_rpc::ServerConfig::default()
+        twinfiler_rpc::ServerConfig {
+            busy_poll_us: twinfiler::config::NFS_BUSY_POLL_US_DEFAULT,
+            ..twinfiler_rpc::ServerConfig::default()
+        }
     );
 }
 
@@ -95,6 +98,11 @@ fn mistakes_are_errors_naming_the_file_and_the_key() {
         "stop_grace_ms = 5000\nrecord_bytes_max = 4096",
     ));
     assert!(msg.contains("record_bytes_max"), "{msg}");
+    let msg = parse_err(&base.replace(
+        "stop_grace_ms = 5000",
+        "stop_grace_ms = 5000\nbusy_poll_us = 5000",
+    ));
+    assert!(msg.contains("busy_poll_us"), "{msg}");
     let msg = parse_err(&base.replace(
         "stop_grace_ms = 5000",
         "stop_grace_ms = 5000\ninflight_total_max = 0",

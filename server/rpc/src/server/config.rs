@@ -21,6 +21,10 @@ pub const REPLIES_PER_WRITE_MAX: usize = 64;
 /// pieces (a READ of cached blocks has one per 4 KiB) takes several calls.
 pub const IOVECS_PER_WRITE_MAX: usize = 1024;
 
+/// A connection is polled for (see [`ServerConfig::busy_poll_us`]) once this many of its
+/// calls in a row arrived with nothing else of it in flight.
+pub const BUSY_POLL_AFTER_LONE_CALLS: u32 = 8;
+
 /// Transport bounds of one [`RpcServer`](super::RpcServer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -45,6 +49,12 @@ pub struct ServerConfig {
     /// A reply write that makes no progress for this long closes the connection (a client
     /// that stopped reading must not pin our buffers forever).
     pub write_timeout_ms: u64,
+    /// A TCP connection whose calls have all been answered polls its socket this long for
+    /// the client's next call before it sleeps, µs (0: off). A client waiting for each
+    /// reply then finds us awake: no wake-up from idle on the call's way in. Costs at most
+    /// this much CPU per reply. Only connections whose last [`BUSY_POLL_AFTER_LONE_CALLS`]
+    /// calls came one at a time poll.
+    pub busy_poll_us: u64,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +69,7 @@ impl Default for ServerConfig {
             // Linux knfsd closes idle TCP connections after 6 minutes; clients reconnect.
             idle_timeout_ms: 6 * 60 * 1000,
             write_timeout_ms: 30 * 1000,
+            busy_poll_us: 0,
         }
     }
 }
@@ -122,6 +133,11 @@ impl ServerConfig {
     /// [`Self::idle_timeout_ms`] as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// [`Self::busy_poll_us`] as a duration, if polling is on.
+    pub fn busy_poll(&self) -> Option<Duration> {
+        (self.busy_poll_us > 0).then(|| Duration::from_micros(self.busy_poll_us))
     }
 
     /// [`Self::write_timeout_ms`] as a duration.

@@ -54,8 +54,8 @@ use tracing::{debug, debug_span, warn, Instrument};
 use twinfiler_proto::rpc::{decode_call, AcceptStat, ReplyHeader};
 
 pub use config::{
-    ConfigError, ServerConfig, IOVECS_PER_WRITE_MAX, REPLIES_PER_WRITE_MAX, REPLY_BYTES_MAX,
-    UDP_DATAGRAM_BYTES_MAX,
+    ConfigError, ServerConfig, BUSY_POLL_AFTER_LONE_CALLS, IOVECS_PER_WRITE_MAX,
+    REPLIES_PER_WRITE_MAX, REPLY_BYTES_MAX, UDP_DATAGRAM_BYTES_MAX,
 };
 pub use stats::ServerStats;
 

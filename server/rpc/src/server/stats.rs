@@ -19,6 +19,9 @@ pub struct ServerStats {
     pub connections_idle_closed: u64,
     /// Records received (TCP) and datagrams received (UDP).
     pub calls: u64,
+    /// Of `calls`, TCP records found by a connection's busy poll (see
+    /// [`ServerConfig::busy_poll_us`](super::ServerConfig)): each saved a wake-up.
+    pub calls_polled: u64,
     /// Calls answered by the transport itself with an error (bad header, unknown program),
     /// or dropped because their header was not a call.
     pub calls_rejected: u64,
@@ -48,6 +51,7 @@ pub(crate) struct Counters {
     pub connections_protocol_errors: AtomicU64,
     pub connections_idle_closed: AtomicU64,
     pub calls: AtomicU64,
+    pub calls_polled: AtomicU64,
     pub calls_rejected: AtomicU64,
     pub calls_dropped: AtomicU64,
     pub calls_inflight: AtomicU64,
@@ -84,6 +88,7 @@ impl Counters {
             connections_protocol_errors: get(&self.connections_protocol_errors),
             connections_idle_closed: get(&self.connections_idle_closed),
             calls: get(&self.calls),
+            calls_polled: get(&self.calls_polled),
             calls_rejected: get(&self.calls_rejected),
             calls_dropped: get(&self.calls_dropped),
             calls_inflight: get(&self.calls_inflight),
