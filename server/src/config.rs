@@ -375,7 +375,8 @@ fn admin_user_default() -> String {
 }
 
 /// The NFS front-end: listeners and transport bounds. Transport bounds default to
-/// `twinfiler_rpc::ServerConfig::default()`.
+/// `twinfiler_rpc::ServerConfig::default()`, except busy polling, which is on by default
+/// here ([`NFS_BUSY_POLL_US_DEFAULT`]) and off in the RPC crate.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NfsSection {

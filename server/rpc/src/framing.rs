@@ -39,6 +39,17 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// What [`RecordReader::poll_record`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Polled {
+    /// A whole record.
+    Record(Bytes),
+    /// No whole record yet (any part of one that came is kept).
+    Nothing,
+    /// The peer closed the stream.
+    Ended,
+}
+
 /// Frames records from a byte stream. Cancel-safe: all state lives in `self`, and the only
 /// await point is a `read_buf`, which either appended bytes or did nothing.
 #[derive(Debug)]
@@ -108,8 +119,8 @@ impl RecordReader {
     }
 
     /// The next record from what the socket `fd` holds right now, without waiting: a
-    /// non-blocking `recv` on the descriptor itself. `Ok(None)` if no whole record is there
-    /// yet (or the stream ended: the next [`Self::next_record`] reports that).
+    /// non-blocking `recv` on the descriptor itself. At [`Polled::Ended`] the next
+    /// [`Self::next_record`] tells a clean end from a truncated record.
     ///
     /// Why the descriptor and not the runtime's stream: a busy poll must see bytes the
     /// event loop has not reported yet, and tokio answers reads from its readiness state
@@ -120,11 +131,11 @@ impl RecordReader {
         &mut self,
         fd: std::os::fd::BorrowedFd<'_>,
         bytes_in: &std::sync::atomic::AtomicU64,
-    ) -> Result<Option<Bytes>, FrameError> {
+    ) -> Result<Polled, FrameError> {
         use std::os::fd::AsRawFd;
         loop {
             if let Some(record) = self.take_record()? {
-                return Ok(Some(record));
+                return Ok(Polled::Record(record));
             }
             let room = self.make_room();
             let spare = self.buf.spare_capacity_mut();
@@ -141,12 +152,14 @@ impl RecordReader {
             if n < 0 {
                 let err = std::io::Error::last_os_error();
                 return match err.kind() {
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(None),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {
+                        Ok(Polled::Nothing)
+                    }
                     _ => Err(FrameError::Io(err)),
                 };
             }
             if n == 0 {
-                return Ok(None);
+                return Ok(Polled::Ended);
             }
             let n = n as usize;
             // SAFETY: the kernel initialised these `n` bytes of the spare capacity.
@@ -341,27 +354,37 @@ mod tests {
         rx.set_nonblocking(true).unwrap();
         let mut reader = RecordReader::new(RECORD_BYTES_MAX, 4096);
         let counter = AtomicU64::new(0);
-        assert!(reader.poll_record(rx.as_fd(), &counter).unwrap().is_none());
+        let poll = |reader: &mut RecordReader| reader.poll_record(rx.as_fd(), &counter).unwrap();
+        let record = |bytes: &[u8]| Polled::Record(Bytes::copy_from_slice(bytes));
+        assert_eq!(poll(&mut reader), Polled::Nothing);
         let first = frame(b"first call");
         tx.write_all(&first[..7]).unwrap();
-        assert!(reader.poll_record(rx.as_fd(), &counter).unwrap().is_none());
+        assert_eq!(poll(&mut reader), Polled::Nothing);
         // The rest of the first and a whole second record in one write.
         let mut rest = first[7..].to_vec();
         rest.extend_from_slice(&frame(b"second"));
         tx.write_all(&rest).unwrap();
-        let polled = reader.poll_record(rx.as_fd(), &counter).unwrap();
-        assert_eq!(polled.unwrap(), &b"first call"[..]);
-        let polled = reader.poll_record(rx.as_fd(), &counter).unwrap();
-        assert_eq!(polled.unwrap(), &b"second"[..]);
+        assert_eq!(poll(&mut reader), record(b"first call"));
+        assert_eq!(poll(&mut reader), record(b"second"));
+        // A big record and a small one in one write, to a reader whose buffer holds less
+        // than the big one: it is read to its end and no further, as by the ordinary read.
+        let mut reader = RecordReader::new(RECORD_BYTES_MAX, 4096);
+        let big = vec![5u8; 6_000];
+        let mut both = frame(&big);
+        both.extend_from_slice(&frame(b"after"));
+        tx.write_all(&both).unwrap();
+        assert_eq!(poll(&mut reader), record(&big));
+        assert!(reader.buf.is_empty(), "the poll read past the big record");
+        assert_eq!(poll(&mut reader), record(b"after"));
         assert_eq!(
             counter.load(std::sync::atomic::Ordering::Relaxed),
-            7 + rest.len() as u64
+            (7 + rest.len() + both.len()) as u64
         );
-        // A record cut by the end of the stream: the poll says nothing is there, and the
-        // ordinary read reports the truncation.
+        // A record cut by the end of the stream: the poll sees the end, and the ordinary
+        // read reports the truncation.
         tx.write_all(&frame(b"cut short")[..6]).unwrap();
         drop(tx);
-        assert!(reader.poll_record(rx.as_fd(), &counter).unwrap().is_none());
+        assert_eq!(poll(&mut reader), Polled::Ended);
         let mut rx = tokio::net::UnixStream::from_std(rx).unwrap();
         match reader.next_record(&mut rx, &counter).await {
             Err(FrameError::Truncated { buffered: 6 }) => {}

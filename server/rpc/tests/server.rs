@@ -867,3 +867,23 @@ async fn a_client_with_calls_in_flight_is_not_polled_for() {
     assert_eq!(h.xid, 300);
     assert_eq!(t.server.stats().calls_polled, 2);
 }
+
+#[tokio::test]
+async fn a_call_answered_without_a_reply_still_lets_the_connection_poll() {
+    let t = start(ServerConfig {
+        busy_poll_us: POLL_LONG_US,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = TcpClient::connect(t.tcp).await;
+    let lone = twinfiler_rpc::BUSY_POLL_AFTER_LONE_CALLS;
+    one_at_a_time(&mut c, 0..lone).await;
+    c.send(&toy_call(100, PROC_DROP, &[])).await;
+    eventually("drop counted", || t.server.stats().calls_dropped == 1).await;
+    assert_eq!(t.server.stats().calls_polled, 1);
+    // The dropped call left nothing unanswered: the reader polls for the next one.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (h, _) = c.call(&toy_call(101, PROC_NULL, &[])).await;
+    assert_eq!(h.xid, 101);
+    assert_eq!(t.server.stats().calls_polled, 2);
+}

@@ -51,9 +51,10 @@ pub struct ServerConfig {
     pub write_timeout_ms: u64,
     /// A TCP connection whose calls have all been answered polls its socket this long for
     /// the client's next call before it sleeps, µs (0: off). A client waiting for each
-    /// reply then finds us awake: no wake-up from idle on the call's way in. Costs at most
-    /// this much CPU per reply. Only connections whose last [`BUSY_POLL_AFTER_LONE_CALLS`]
-    /// calls came one at a time poll.
+    /// reply then finds us awake: no wake-up from idle on the call's way in. Costs up to
+    /// about this much CPU per reply. Only connections whose last
+    /// [`BUSY_POLL_AFTER_LONE_CALLS`] calls came one at a time poll, and at most half the
+    /// cores poll at once; see `server/busy_poll.rs`.
     pub busy_poll_us: u64,
 }
 

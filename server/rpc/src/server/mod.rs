@@ -34,6 +34,7 @@
 //!   finish and their replies are written; after the grace period whatever is left is
 //!   abandoned (call futures dropped, connections closed).
 
+mod busy_poll;
 mod config;
 mod stats;
 mod tasks;
@@ -83,6 +84,8 @@ pub(crate) struct Shared {
     peers: std::sync::Mutex<HashMap<u64, Peer>>,
     /// Id of the next TCP connection.
     next_connection_id: std::sync::atomic::AtomicU64,
+    /// Bounds the connections busy polling at once.
+    poll_slots: busy_poll::PollSlots,
 }
 
 /// A connected TCP client (see [`RpcServer::peers`]).
@@ -254,6 +257,7 @@ impl RpcServer {
             warnings: WarnLimiter::new(),
             peers: std::sync::Mutex::new(HashMap::new()),
             next_connection_id: std::sync::atomic::AtomicU64::new(0),
+            poll_slots: busy_poll::PollSlots::for_this_machine(),
         };
         Ok(RpcServer {
             shared: Arc::new(shared),

@@ -1,22 +1,14 @@
 //! TCP: the accept loop, and per connection a reader task (framing, permits, one task per
 //! call) and a writer task (vectored writes of ready replies, in completion order).
+
 //!
-//! With [`ServerConfig::busy_poll_us`](super::ServerConfig) set, a reader whose calls have all
-//! been answered polls the socket briefly before it sleeps: a client sending one call at a
-//! time sends the next right after our reply, and finding us awake saves the wake-up from
-//! idle on its way in. Measured on the 2-core bench machine against the same build without
-//! it, one call at a time (medians of 5 rounds): NULL 1.41×, GETATTR 1.42×, 4 KiB READ
-//! 1.36×, LOOKUP 1.18×, REMOVE 1.12×, 4 KiB WRITE 1.09×. Only a client that waits for each
-//! reply is polled for: one with calls in flight sends its next while we work, and polling
-//! cost it 12 % of its 4 KiB WRITEs at 16 in flight (CPU taken from the calls and the
-//! mirror).
+//! A reader whose client waits for each reply may poll the socket before it sleeps; see
+//! [`busy_poll`](super::busy_poll).
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -25,17 +17,16 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, debug_span, warn, Instrument};
 use twinfiler_proto::record::record_mark;
 
+use super::busy_poll::{poll_for_record, Pending, Unanswered, BUSY_POLL_AFTER_LONE_CALLS};
 use super::stats::{add, bump, drop_one};
 use super::tasks::{reached, CallPermit, Phase};
 use super::{
-    checked_reply, take_call_permit, Shared, BUSY_POLL_AFTER_LONE_CALLS, IOVECS_PER_WRITE_MAX,
-    REPLIES_PER_WRITE_MAX, REPLY_BYTES_MAX,
+    checked_reply, take_call_permit, Shared, IOVECS_PER_WRITE_MAX, REPLIES_PER_WRITE_MAX,
+    REPLY_BYTES_MAX,
 };
 use crate::framing::{FrameError, RecordReader};
 use crate::{Reply, Transport};
 
-/// A busy poll spins this long between yields to the runtime (see [`poll_for_record`]).
-const POLL_SLICE: Duration = Duration::from_micros(10);
 /// Pause after a failed accept (e.g. EMFILE), so a persistent error does not spin.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 100;
 
@@ -101,6 +92,8 @@ impl Drop for ConnGuard {
 struct Outgoing {
     reply: Reply,
     _permit: CallPermit,
+    /// Dropped by the writer right before the write: the call counts as answered.
+    pending: Option<Pending>,
 }
 
 fn start_connection(
@@ -127,18 +120,10 @@ fn start_connection(
         peer,
         local,
         inflight: Arc::new(Semaphore::new(shared.config.inflight_per_connection_max)),
-        all_answered: Arc::new(Notify::new()),
-    };
-    let writer = Writer {
-        shared: shared.clone(),
-        abort: abort.clone(),
-        inflight: conn.inflight.clone(),
-        all_answered: conn.all_answered.clone(),
-        _guard: guard.clone(),
+        unanswered: Arc::new(Unanswered::default()),
     };
     shared.tasks.spawn(
-        writer
-            .write_replies(write_half, rx)
+        write_replies(shared.clone(), write_half, rx, abort.clone(), guard.clone())
             .instrument(span.clone()),
     );
     shared.tasks.spawn(
@@ -154,14 +139,13 @@ struct Connection {
     local: SocketAddr,
     /// This connection's share of in-flight calls.
     inflight: Arc<Semaphore>,
-    /// Signalled by the writer when the last call in flight has been answered (the reader
-    /// may start polling).
-    all_answered: Arc<Notify>,
+    /// Its calls not yet answered (for busy polling).
+    unanswered: Arc<Unanswered>,
 }
 
 impl Connection {
     fn calls_inflight(&self) -> usize {
-        calls_inflight(&self.shared, &self.inflight)
+        self.shared.config.inflight_per_connection_max - self.inflight.available_permits()
     }
 
     /// Reads records and starts their calls until the stream ends, breaks the protocol, idles
@@ -184,11 +168,11 @@ impl Connection {
         // flight sends its next while we work, and a poll would only take CPU from them.
         let mut lone_calls = 0u32;
         loop {
-            let poll_now = lone_calls >= BUSY_POLL_AFTER_LONE_CALLS && self.calls_inflight() == 0;
-            let polled = match busy_poll {
-                Some(budget) if poll_now => {
-                    poll_for_record(&mut reader, &read_half, budget, &shared.counters.bytes_in)
-                        .await
+            let polls = busy_poll.filter(|_| lone_calls >= BUSY_POLL_AFTER_LONE_CALLS);
+            let polled = match polls {
+                Some(budget) if self.unanswered.count() == 0 => {
+                    let bytes_in = &shared.counters.bytes_in;
+                    poll_for_record(&shared, &mut reader, &read_half, budget, bytes_in).await
                 }
                 _ => Ok(None),
             };
@@ -202,11 +186,8 @@ impl Connection {
                     biased;
                     _ = &mut draining => break,
                     _ = tx.closed() => break,
-                    // The last reply went out while we slept: poll for the next call.
-                    _ = self.all_answered.notified(),
-                        if busy_poll.is_some()
-                            && lone_calls >= BUSY_POLL_AFTER_LONE_CALLS
-                            && self.calls_inflight() > 0 => continue,
+                    // The last call was answered while we slept: poll for the next one.
+                    _ = self.unanswered.none_left(), if polls.is_some() => continue,
                     next = tokio::time::timeout(
                         config.idle_timeout(),
                         reader.next_record(&mut read_half, &shared.counters.bytes_in),
@@ -246,10 +227,11 @@ impl Connection {
                     break;
                 }
             };
-            lone_calls = match self.calls_inflight() {
+            lone_calls = match self.unanswered.count() {
                 0 => lone_calls.saturating_add(1),
                 _ => 0,
             };
+            let pending = Pending::new(&self.unanswered);
             // Back-pressure: no read happens while we wait here.
             let permit = tokio::select! {
                 biased;
@@ -262,49 +244,11 @@ impl Connection {
                 record,
                 self.peer,
                 self.local,
-                permit,
+                (permit, pending),
                 tx.clone(),
             );
             shared.tasks.spawn(call.in_current_span());
         }
-    }
-}
-
-/// Calls of a connection whose permit (`local`) is taken.
-fn calls_inflight(shared: &Shared, local: &Semaphore) -> usize {
-    shared.config.inflight_per_connection_max - local.available_permits()
-}
-
-/// Polls the socket for the next record for up to `budget`; `Ok(None)`: nothing came in
-/// time, and the caller waits for it the ordinary way.
-///
-/// It spins in slices of [`POLL_SLICE`] and yields to this worker's other tasks between
-/// them. Yielding after every empty poll cost more than it saved: each yield sends tokio
-/// through its work-stealing hand-off, which wakes another, idle worker (4.7 % of all CPU
-/// during one-at-a-time 4 KiB READs, measured); spinning in slices made those READs 1.2×
-/// faster. A slice is also the longest another task on this worker waits for a poll.
-async fn poll_for_record(
-    reader: &mut RecordReader,
-    read_half: &OwnedReadHalf,
-    budget: Duration,
-    bytes_in: &AtomicU64,
-) -> Result<Option<bytes::Bytes>, FrameError> {
-    let start = Instant::now();
-    let mut slice_start = start;
-    loop {
-        if let Some(record) = reader.poll_record(read_half.as_ref().as_fd(), bytes_in)? {
-            return Ok(Some(record));
-        }
-        let now = Instant::now();
-        if now - start >= budget {
-            return Ok(None);
-        }
-        if now - slice_start < POLL_SLICE {
-            std::hint::spin_loop();
-            continue;
-        }
-        tokio::task::yield_now().await;
-        slice_start = Instant::now();
     }
 }
 
@@ -314,7 +258,7 @@ async fn run_call(
     record: bytes::Bytes,
     peer: SocketAddr,
     local: SocketAddr,
-    permit: CallPermit,
+    (permit, pending): (CallPermit, Pending),
     tx: mpsc::Sender<Outgoing>,
 ) {
     let stopped = reached(shared.phase(), Phase::Stopped);
@@ -331,78 +275,73 @@ async fn run_call(
         .send(Outgoing {
             reply,
             _permit: permit,
+            pending: Some(pending),
         })
         .await;
 }
 
-/// The writer side of one connection.
-struct Writer {
+/// Writes replies as they complete, several per vectored write, until every sender is gone
+/// (reader and calls ended), the connection is aborted, or the server stops.
+async fn write_replies(
     shared: Arc<Shared>,
+    mut write_half: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outgoing>,
     abort: Arc<Notify>,
-    /// The connection's share of in-flight calls (as the reader's).
-    inflight: Arc<Semaphore>,
-    /// Signalled when a write leaves no call in flight.
-    all_answered: Arc<Notify>,
     _guard: Arc<ConnGuard>,
-}
-
-impl Writer {
-    /// Writes replies as they complete, several per vectored write, until every sender is
-    /// gone (reader and calls ended), the connection is aborted, or the server stops.
-    async fn write_replies(self, mut write_half: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
-        let shared = &self.shared;
-        let stopped = reached(shared.phase(), Phase::Stopped);
-        tokio::pin!(stopped);
-        let mut batch: Vec<Outgoing> = Vec::with_capacity(REPLIES_PER_WRITE_MAX);
-        loop {
-            let first = tokio::select! {
-                biased;
-                _ = self.abort.notified() => break,
-                _ = &mut stopped => break,
-                first = rx.recv() => match first {
-                    Some(first) => first,
-                    None => break,
-                },
-            };
-            batch.push(first);
-            while batch.len() < REPLIES_PER_WRITE_MAX {
-                match rx.try_recv() {
-                    Ok(more) => batch.push(more),
-                    Err(_) => break,
-                }
-            }
-            let written = tokio::select! {
-                biased;
-                _ = self.abort.notified() => break,
-                _ = &mut stopped => break,
-                written = write_batch(&mut write_half, &batch, shared.config.write_timeout()) => written,
-            };
-            match written {
-                Ok(bytes) => {
-                    add(&shared.counters.bytes_out, bytes);
-                    add(&shared.counters.replies, batch.len());
-                }
-                Err(err) if err.kind() == io::ErrorKind::TimedOut => {
-                    warn!(
-                        write_timeout_ms = shared.config.write_timeout_ms,
-                        "client stopped reading replies; closing connection"
-                    );
-                    break;
-                }
-                Err(err) => {
-                    debug!(error = %err, "reply write failed");
-                    break;
-                }
-            }
-            // Releases the calls' permits: the reader may read again.
-            batch.clear();
-            if calls_inflight(shared, &self.inflight) == 0 {
-                self.all_answered.notify_one();
+) {
+    let stopped = reached(shared.phase(), Phase::Stopped);
+    tokio::pin!(stopped);
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(REPLIES_PER_WRITE_MAX);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = abort.notified() => break,
+            _ = &mut stopped => break,
+            first = rx.recv() => match first {
+                Some(first) => first,
+                None => break,
+            },
+        };
+        batch.push(first);
+        while batch.len() < REPLIES_PER_WRITE_MAX {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
             }
         }
-        // Dropping `rx` fails later sends and wakes the reader (tx.closed()); dropping the
-        // write half sends FIN.
+        // Answered now, not after the write: a client waiting for this reply may send its
+        // next call before the write returns, and that call must not find this one pending.
+        for o in &mut batch {
+            o.pending = None;
+        }
+        let written = tokio::select! {
+            biased;
+            _ = abort.notified() => break,
+            _ = &mut stopped => break,
+            written = write_batch(&mut write_half, &batch, shared.config.write_timeout()) => written,
+        };
+        match written {
+            Ok(bytes) => {
+                add(&shared.counters.bytes_out, bytes);
+                add(&shared.counters.replies, batch.len());
+            }
+            Err(err) if err.kind() == io::ErrorKind::TimedOut => {
+                warn!(
+                    write_timeout_ms = shared.config.write_timeout_ms,
+                    "client stopped reading replies; closing connection"
+                );
+                break;
+            }
+            Err(err) => {
+                debug!(error = %err, "reply write failed");
+                break;
+            }
+        }
+        // Releases the calls' permits: the reader may read again.
+        batch.clear();
     }
+    // Dropping `rx` fails later sends and wakes the reader (tx.closed()); dropping the write
+    // half sends FIN.
 }
 
 /// Writes every reply of `batch` (record mark, head, data) with vectored writes. Each write
