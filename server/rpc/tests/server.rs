@@ -791,6 +791,19 @@ async fn one_at_a_time(c: &mut TcpClient, xids: std::ops::Range<u32>) {
     }
 }
 
+/// A server polling for `POLL_LONG_US`, and a client whose lone calls made it poll.
+async fn polled_for_client() -> (TestServer, TcpClient) {
+    let t = start(ServerConfig {
+        busy_poll_us: POLL_LONG_US,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = TcpClient::connect(t.tcp).await;
+    one_at_a_time(&mut c, 0..twinfiler_rpc::BUSY_POLL_AFTER_LONE_CALLS).await;
+    assert_eq!(t.server.stats().calls_polled, 0);
+    (t, c)
+}
+
 #[tokio::test]
 async fn a_client_waiting_for_each_reply_is_polled_for() {
     let t = start(ServerConfig {
@@ -840,15 +853,8 @@ async fn a_poll_that_finds_nothing_gives_way_to_the_ordinary_wait() {
 
 #[tokio::test]
 async fn a_client_with_calls_in_flight_is_not_polled_for() {
-    let t = start(ServerConfig {
-        busy_poll_us: POLL_LONG_US,
-        ..ServerConfig::default()
-    })
-    .await;
-    let mut c = TcpClient::connect(t.tcp).await;
+    let (t, mut c) = polled_for_client().await;
     let lone = twinfiler_rpc::BUSY_POLL_AFTER_LONE_CALLS;
-    one_at_a_time(&mut c, 0..lone).await;
-    assert_eq!(t.server.stats().calls_polled, 0);
     // The reader polls now; a call that blocks comes in that way.
     c.send(&toy_call(100, PROC_GATE, &word(1))).await;
     t.toy.wait_gated(1).await;
@@ -870,14 +876,7 @@ async fn a_client_with_calls_in_flight_is_not_polled_for() {
 
 #[tokio::test]
 async fn a_call_answered_without_a_reply_still_lets_the_connection_poll() {
-    let t = start(ServerConfig {
-        busy_poll_us: POLL_LONG_US,
-        ..ServerConfig::default()
-    })
-    .await;
-    let mut c = TcpClient::connect(t.tcp).await;
-    let lone = twinfiler_rpc::BUSY_POLL_AFTER_LONE_CALLS;
-    one_at_a_time(&mut c, 0..lone).await;
+    let (t, mut c) = polled_for_client().await;
     c.send(&toy_call(100, PROC_DROP, &[])).await;
     eventually("drop counted", || t.server.stats().calls_dropped == 1).await;
     assert_eq!(t.server.stats().calls_polled, 1);

@@ -1,6 +1,5 @@
 //! TCP: the accept loop, and per connection a reader task (framing, permits, one task per
 //! call) and a writer task (vectored writes of ready replies, in completion order).
-
 //!
 //! A reader whose client waits for each reply may poll the socket before it sleeps; see
 //! [`busy_poll`](super::busy_poll).
