@@ -15,9 +15,11 @@
 //!   the mirror);
 //! - at most half the machine's cores poll at once ([`PollSlots`]);
 //! - a poll ends at its budget, at end of stream, and when the server drains.
+//!
+//! [`BUSY_POLL_AFTER_LONE_CALLS`]: super::BUSY_POLL_AFTER_LONE_CALLS
 
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +30,6 @@ use tokio::sync::Notify;
 use super::tasks::Phase;
 use super::Shared;
 use crate::framing::{FrameError, Polled, RecordReader};
-
-pub(super) use super::config::BUSY_POLL_AFTER_LONE_CALLS;
 
 /// A poll spins this long between yields to the runtime. Yielding after every empty poll
 /// cost more than it saved: each yield sends tokio through its work-stealing hand-off, which
@@ -122,7 +122,6 @@ pub(super) async fn poll_for_record(
     reader: &mut RecordReader,
     read_half: &OwnedReadHalf,
     budget: Duration,
-    bytes_in: &AtomicU64,
 ) -> Result<Option<Bytes>, FrameError> {
     let Some(_slot) = shared.poll_slots.try_take() else {
         return Ok(None);
@@ -130,7 +129,7 @@ pub(super) async fn poll_for_record(
     let start = Instant::now();
     let mut slice_start = start;
     loop {
-        match reader.poll_record(read_half.as_ref().as_fd(), bytes_in)? {
+        match reader.poll_record(read_half.as_ref().as_fd(), &shared.counters.bytes_in)? {
             Polled::Record(record) => return Ok(Some(record)),
             Polled::Ended => return Ok(None),
             Polled::Nothing => {}

@@ -16,12 +16,12 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, debug_span, warn, Instrument};
 use twinfiler_proto::record::record_mark;
 
-use super::busy_poll::{poll_for_record, Pending, Unanswered, BUSY_POLL_AFTER_LONE_CALLS};
+use super::busy_poll::{poll_for_record, Pending, Unanswered};
 use super::stats::{add, bump, drop_one};
 use super::tasks::{reached, CallPermit, Phase};
 use super::{
-    checked_reply, take_call_permit, Shared, IOVECS_PER_WRITE_MAX, REPLIES_PER_WRITE_MAX,
-    REPLY_BYTES_MAX,
+    checked_reply, take_call_permit, Shared, BUSY_POLL_AFTER_LONE_CALLS, IOVECS_PER_WRITE_MAX,
+    REPLIES_PER_WRITE_MAX, REPLY_BYTES_MAX,
 };
 use crate::framing::{FrameError, RecordReader};
 use crate::{Reply, Transport};
@@ -170,8 +170,7 @@ impl Connection {
             let polls = busy_poll.filter(|_| lone_calls >= BUSY_POLL_AFTER_LONE_CALLS);
             let polled = match polls {
                 Some(budget) if self.unanswered.count() == 0 => {
-                    let bytes_in = &shared.counters.bytes_in;
-                    poll_for_record(&shared, &mut reader, &read_half, budget, bytes_in).await
+                    poll_for_record(&shared, &mut reader, &read_half, budget).await
                 }
                 _ => Ok(None),
             };
